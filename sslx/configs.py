@@ -1,0 +1,74 @@
+"""Defaults shared by the experiment configs in experiments/.
+
+Each experiment file starts from ``base()`` and states what it changes;
+``quick(config)`` shrinks any config to a two-step CPU run on the embedded
+sample (used by ``path.py:quick`` and by the tests).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sslx.data import image_ops
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Data: 'sample', 'folder:PATH' or 'tfds:NAME' (see sslx/data/sources.py).
+  c.dataset = "sample"
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
+  c.train_split = "train"
+  c.image_size = 32
+  c.resize_size = ml_collections.config_dict.placeholder(int)  # Shorter side before cropping.
+  c.crop_padding = 4  # CIFAR-style pad-and-crop; 0 for a plain random crop.
+  c.flip = True
+  c.data_threads = 2
+  c.normalize = ml_collections.ConfigDict(
+      {"mean": image_ops.CIFAR10_MEAN, "std": image_ops.CIFAR10_STD})
+
+  c.model = ml_collections.ConfigDict({"name": "convnet", "widths": (32, 64, 128),
+                                       "kernel_sizes": (3, 3, 3), "dtype": "float32"})
+
+  c.batch_size = 128  # Global, in source images (before the pretext multiplies them).
+  c.total_steps = 1000
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
+      "weight_decay": 5e-4, "schedule": "cosine", "warmup_steps": 100,
+      "decay_at": (0.3, 0.6, 0.8), "decay_factor": 0.2})
+
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.progress_bar = True
+
+  # Linear probe (sslx/evaluate/linear.py). Protocol after Zhang et al. (ECCV 2016)
+  # and Goyal et al. (ICCV 2019): frozen backbone, each block's map average-pooled
+  # to a spatial grid of at most `max_features` dims, one linear softmax
+  # classifier per block on standardised features, no augmentation.
+  c.evaluate = ml_collections.ConfigDict({
+      "dataset": ml_collections.config_dict.placeholder(str),  # None: the training dataset.
+      "train_split": "train", "test_split": "test", "max_features": 4096, "batch_size": 256,
+      "epochs": 30, "learning_rate": 1e-3, "weight_decay": 5e-4, "seed": 0})
+  return c
+
+
+def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Two steps of a tiny model on the embedded sample: a smoke run, not an experiment."""
+  c.dataset = "sample"
+  c.data_dir = None
+  c.image_size = 32
+  c.resize_size = None
+  if c.model.name == "convnet":
+    c.model.widths = (8, 16, 16)
+  else:
+    c.model.width = 0.125
+  c.batch_size = 16
+  c.total_steps = 2
+  c.optimizer.warmup_steps = 1
+  c.log_every = 1
+  c.checkpoint_every = 1
+  c.evaluate.dataset = None
+  c.evaluate.epochs = 2
+  c.evaluate.batch_size = 64
+  return c

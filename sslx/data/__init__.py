@@ -1,0 +1,1 @@
+"""Input pipelines: sources (sample, folder, TFDS), host image ops, grain pipelines."""

@@ -1,0 +1,1 @@
+"""Evaluation of pretrained backbones, run as separate processes from a workdir."""

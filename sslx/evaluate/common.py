@@ -1,0 +1,109 @@
+"""Shared by the evaluation scripts: restore a backbone, extract pooled block features."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sslx import models
+from sslx import train as trainer
+from sslx.data import image_ops, pipeline
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run as saved in its workdir."""
+  config: ml_collections.ConfigDict
+  meta: dict
+  step: int
+  backbone: Any
+  variables: dict  # {"params": ..., "batch_stats": ...} of the backbone alone.
+
+
+def load_run(workdir: str, mesh=None) -> Run:
+  """Restores the latest checkpoint's backbone onto ``mesh`` (replicated)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"no checkpoints in {workdir}: train first with "
+                            f"`sslx-train --config ... --workdir {workdir}`")
+  manager = trainer.checkpoint_manager(workdir)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no finished checkpoint in {workdir}/checkpoints: train first with "
+                            f"`sslx-train --config ... --workdir {workdir}`")
+  meta = trainer.load_metadata(manager, step)
+  config = ml_collections.ConfigDict(meta["config"])
+  pretext, model = trainer.build_model(config)
+  tx, _ = trainer.make_optimizer(config.optimizer, config.total_steps)
+  mesh = mesh if mesh is not None else trainer.make_mesh(jax.local_devices())
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract = jax.eval_shape(trainer.train_state_init_fn(config, model, pretext, tx), jax.random.PRNGKey(0))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
+  return Run(config, meta, step, models.get_backbone(config.model), variables)
+
+
+def random_init_variables(backbone, config, seed: int) -> dict:
+  """The same backbone at random initialisation (BatchNorm at its initial statistics)."""
+  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  variables = backbone.init(jax.random.PRNGKey(seed), images, train=False)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def pool_grid(height: int, channels: int, max_features: int) -> int:
+  """Largest grid g dividing ``height`` with g*g*channels <= max_features (at least 1)."""
+  fitting = [g for g in range(1, height + 1) if height % g == 0 and g * g * channels <= max_features]
+  return max(fitting) if fitting else 1
+
+
+def pool_block(x, max_features: int):
+  """(B, H, W, C) -> (B, g*g*C): average pool to a g x g grid (see pool_grid)."""
+  batch, height, width, channels = x.shape
+  g = pool_grid(height, channels, max_features)
+  gw = g if width % g == 0 else 1
+  x = x.astype(jnp.float32).reshape(batch, g, height // g, gw, width // gw, channels).mean(axis=(2, 4))
+  return x.reshape(batch, -1)
+
+
+def feature_fn(backbone, config, max_features: int):
+  """A jitted images(uint8) -> {block: pooled features} for one backbone."""
+  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
+
+  @jax.jit
+  def features(variables, images):
+    maps = backbone.apply(variables, image_ops.normalize(images, mean, std), train=False)
+    return {name: pool_block(maps[name], max_features) for name in models.block_names(maps)}
+
+  return features
+
+
+def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: int, mesh):
+  """One pass over ``source``: {model_name: {block: (N, D) features}}, labels (N,), skipped count.
+
+  Runs in one process over its local devices; a final partial batch is padded
+  so every batch compiles to the same shape.
+  """
+  batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
+                                   train=False)
+  dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False)
+  out = {name: {} for name in feature_fns}
+  labels = []
+  for batch in dataset:
+    n = len(batch["label"])
+    padded = pipeline.pad_batch(batch, batch_size)
+    images = pipeline.to_global({"image": padded["image"]}, mesh)["image"]
+    for name, fn in feature_fns.items():
+      for block, value in jax.device_get(fn(variables[name], images)).items():
+        out[name].setdefault(block, []).append(np.asarray(value[:n]))
+    labels.append(batch["label"])
+  features = {name: {b: np.concatenate(v) for b, v in blocks.items()} for name, blocks in out.items()}
+  return features, np.concatenate(labels), preprocess.skipped

@@ -1,0 +1,162 @@
+"""Linear probe per block of a frozen, pretrained backbone (and of random init).
+
+    python -m sslx.evaluate.linear --workdir DIR [--dataset folder:/data] [--epochs 30]
+
+Reads the run's saved config and latest Orbax checkpoint, extracts every
+block's features (average-pooled to a grid of at most ``max_features`` dims,
+the protocol of Zhang et al. ECCV 2016 / Goyal et al. ICCV 2019; constants in
+the config's ``evaluate`` section), trains one linear softmax classifier per
+block on the labeled train split and reports top-1 accuracy on the test split.
+The same backbone at random init goes through the identical protocol. Writes
+DIR/eval/linear.json and DIR/eval/linear.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from sslx import losses
+from sslx import train as trainer
+from sslx.data import sources
+from sslx.evaluate import common
+
+
+def train_linear(train_x, train_y, test_x, test_y, *, num_classes: int, epochs: int, batch_size: int,
+                 learning_rate: float, weight_decay: float, seed: int) -> dict:
+  """Fits a linear softmax classifier on standardised features; returns accuracies."""
+  mean = train_x.mean(axis=0)
+  std = train_x.std(axis=0) + 1e-6
+  train_x = jnp.asarray((train_x - mean) / std)
+  test_x = jnp.asarray((test_x - mean) / std)
+  train_y, test_y = jnp.asarray(train_y), jnp.asarray(test_y)
+  n, dims = train_x.shape
+  batch_size = min(batch_size, n)
+  steps_per_epoch = n // batch_size
+  schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
+  tx = optax.adamw(schedule, weight_decay=weight_decay)
+  params = {"w": jnp.zeros((dims, num_classes)), "b": jnp.zeros((num_classes,))}
+  opt_state = tx.init(params)
+
+  def logits_fn(params, x):
+    return x @ params["w"] + params["b"]
+
+  @jax.jit
+  def epoch(params, opt_state, key):
+    order = jax.random.permutation(key, n)[:steps_per_epoch * batch_size].reshape(steps_per_epoch, -1)
+
+    def step(carry, idx):
+      params, opt_state = carry
+      loss_fn = lambda p: losses.softmax_xent(logits=logits_fn(p, train_x[idx]), labels=train_y[idx])  # noqa: E731
+      grads = jax.grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), order)
+    return params, opt_state
+
+  key = jax.random.PRNGKey(seed)
+  for _ in range(epochs):
+    key, epoch_key = jax.random.split(key)
+    params, opt_state = epoch(params, opt_state, epoch_key)
+
+  accuracy = jax.jit(lambda p, x, y: losses.accuracy(logits=logits_fn(p, x), labels=y))
+  return {"test_accuracy": float(accuracy(params, test_x, test_y)),
+          "train_accuracy": float(accuracy(params, train_x, train_y))}
+
+
+def markdown_table(results: dict) -> str:
+  lines = ["| block | dims | pretrained top-1 (%) | random init top-1 (%) | gain (points) |",
+           "|---|---|---|---|---|"]
+  for block, r in results["blocks"].items():
+    pre, rnd = 100 * r["pretrained"], 100 * r["random_init"]
+    lines.append(f"| {block} | {r['dims']} | {pre:.2f} | {rnd:.2f} | {pre - rnd:+.2f} |")
+  return "\n".join(lines)
+
+
+def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
+             epochs: int | None = None) -> dict:
+  run = common.load_run(workdir)
+  cfg = run.config.evaluate
+  dataset = dataset or cfg.get("dataset") or run.config.dataset
+  data_dir = data_dir or run.config.get("data_dir")
+  epochs = epochs if epochs is not None else cfg.epochs
+  mesh = trainer.make_mesh(jax.local_devices())
+
+  fns = {"pretrained": common.feature_fn(run.backbone, run.config, cfg.max_features),
+         "random_init": common.feature_fn(run.backbone, run.config, cfg.max_features)}
+  variables = {"pretrained": run.variables,
+               "random_init": common.random_init_variables(run.backbone, run.config, cfg.seed)}
+  splits, num_classes, skipped = {}, 0, 0
+  for split in (cfg.train_split, cfg.test_split):
+    source = sources.get_source(dataset, split, data_dir)
+    num_classes = max(num_classes, source.num_classes)
+    features, labels, n_skipped = common.extract(source, run.config, fns, variables,
+                                                 batch_size=cfg.batch_size, mesh=mesh)
+    if (labels < 0).any():
+      raise ValueError(f"linear evaluation needs labels, but {dataset} split {split!r} has "
+                       f"{int((labels < 0).sum())} unlabeled images: pass --dataset with a labeled one")
+    splits[split] = (features, labels)
+    skipped += n_skipped
+
+  (train_f, train_y), (test_f, test_y) = splits[cfg.train_split], splits[cfg.test_split]
+  results = {"workdir": os.path.abspath(workdir), "checkpoint_step": run.step, "dataset": dataset,
+             "train_examples": int(len(train_y)), "test_examples": int(len(test_y)),
+             "skipped_images": skipped, "protocol": dict(cfg, epochs=epochs), "blocks": {}}
+  for block in train_f["pretrained"]:
+    row = {"dims": int(train_f["pretrained"][block].shape[1])}
+    for name in ("pretrained", "random_init"):
+      fit = train_linear(train_f[name][block], train_y, test_f[name][block], test_y,
+                         num_classes=num_classes, epochs=epochs, batch_size=cfg.batch_size,
+                         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, seed=cfg.seed)
+      row[name] = fit["test_accuracy"]
+      row[f"{name}_train"] = fit["train_accuracy"]
+    results["blocks"][block] = row
+
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "linear.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  table = markdown_table(results)
+  with open(os.path.join(out_dir, "linear.md"), "w") as f:
+    f.write(f"Linear probe, {dataset}, checkpoint step {run.step}, {len(train_y)} train / "
+            f"{len(test_y)} test images\n\n{table}\n")
+  return results
+
+
+def _define_flags():
+  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
+  flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  flags.DEFINE_integer("epochs", None, "Probe epochs; default: the config's.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  if not args["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"sslx-linear: error: {e}") from None
+  print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
+        f"{results['train_examples']} train / {results['test_examples']} test images)\n")
+  print(markdown_table(results))
+  print(f"\nWritten to {os.path.join(args.workdir, 'eval', 'linear.json')}")
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

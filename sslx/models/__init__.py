@@ -1,0 +1,50 @@
+"""Backbones and the wrapper that puts a pretext head on top of one.
+
+A backbone is found by name: ``model.name = "resnet"`` imports
+``sslx.models.resnet`` and builds its ``Backbone`` from the remaining fields of
+the model config. Every backbone maps images ``(B, H, W, 3)`` to a dict of
+feature maps, one per block (``"block1"``, ``"block2"``, ...), plus
+``"pooled"``: the global average of the last block, ``(B, C)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def block_names(features: dict[str, Any]) -> list[str]:
+  """The per-block feature names of a backbone's output, shallow to deep."""
+  names = [k for k in features if k.startswith("block")]
+  return sorted(names, key=lambda k: int(k[len("block"):]))
+
+
+def get_backbone(model_config) -> nn.Module:
+  """Builds ``sslx.models.<name>.Backbone(**other fields)`` from a model config."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  try:
+    module = importlib.import_module(f"sslx.models.{name}")
+  except ModuleNotFoundError:
+    raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet' "
+                     f"(a module under sslx/models/)") from None
+  if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  for key, value in kwargs.items():
+    if isinstance(value, list):
+      kwargs[key] = tuple(value)
+  return module.Backbone(**kwargs)
+
+
+class PretextModel(nn.Module):
+  """A backbone with a pretext head; returns (head outputs, backbone features)."""
+  backbone: nn.Module
+  head: nn.Module
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    features = self.backbone(images, train=train)
+    return self.head(features, train=train), features

@@ -1,0 +1,40 @@
+"""Small building blocks shared by the backbones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class ConvBN(nn.Module):
+  """Convolution (no bias), BatchNorm, optional ReLU.
+
+  A 1x1 convolution is written as a Dense layer over channels: the same
+  function and parameters (a (C_in, C_out) kernel), but XLA:CPU computes its
+  weight gradient as a plain matmul instead of its slow convolution
+  weight-gradient kernel (see ../shared/STACK.md; about 1.4x faster end to end
+  on the ConvNet here).
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  relu: bool = True
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if self.kernel_size == 1 and self.strides == 1:
+      x = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="conv")(x)
+    else:
+      x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
+                  padding="SAME", use_bias=False, dtype=self.dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
+                     name="bn")(x)
+    return nn.relu(x) if self.relu else x
+
+
+def global_avg_pool(x):
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -1,0 +1,317 @@
+"""The one trainer: any pretext, any backbone, any number of devices.
+
+    python -m sslx.train --config experiments/rotation_convnet_cifar10.py[:quick] --workdir DIR \
+        [--config.dataset=folder:/data/imgs --config.total_steps=500 ...]
+
+Read top to bottom: config -> mesh -> data -> model and optimizer -> sharded
+state -> restore if the workdir holds a checkpoint -> one jitted step -> loop
+with logging and Orbax checkpoints. Data parallel: the state is replicated,
+the batch is split over the mesh's ``data`` axis, and XLA inserts the gradient
+and BatchNorm all-reduces, so 1 CPU, 8 fake CPU devices, a GPU or a TPU pod run
+the same code (no pmap). Several processes (a pod) start with ``--distributed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from absl import app, flags, logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import config_flags
+
+import sslx
+from sslx import models, pretexts
+from sslx.data import image_ops, pipeline, sources
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  pretext_state: Any  # Explicit state of stateful pretexts (empty for rotation).
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D data-parallel mesh over all devices of all processes."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  try:
+    # jax >= 0.12 make_mesh defaults to Explicit axes, under which optax's
+    # integer-label cross-entropy fails in a sharded jit; Auto is what we want.
+    return Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  except (TypeError, AttributeError):
+    return Mesh(devices, ("data",))
+
+
+def make_schedule(cfg, total_steps: int):
+  """Learning rate per step: linear warmup, then cosine / step decay / constant."""
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  if cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1))
+  if cfg.schedule == "step":
+    # RotNet style: multiply by decay_factor at the given fractions of training.
+    boundaries = {int(f * total_steps): cfg.decay_factor for f in cfg.decay_at}
+    decay = optax.piecewise_constant_schedule(cfg.learning_rate, boundaries)
+  elif cfg.schedule == "constant":
+    decay = optax.constant_schedule(cfg.learning_rate)
+  else:
+    raise ValueError(f"unknown optimizer.schedule {cfg.schedule!r}: use 'cosine', 'step' or 'constant'")
+  if warmup == 0:
+    return decay
+  warm = optax.linear_schedule(0.0, cfg.learning_rate, warmup)
+  return optax.join_schedules([warm, lambda s: decay(s + warmup)], [warmup])
+
+
+def make_optimizer(cfg, total_steps: int):
+  """optax SGD (momentum / Nesterov) or AdamW; weight decay on kernels only."""
+  schedule = make_schedule(cfg, total_steps)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+  if cfg.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+                     optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  elif cfg.name == "adamw":
+    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask)
+  else:
+    raise ValueError(f"unknown optimizer.name {cfg.name!r}: use 'sgd' or 'adamw'")
+  return tx, schedule
+
+
+def build_model(config) -> tuple[Any, models.PretextModel]:
+  pretext = pretexts.get(config.pretext.name)
+  model = models.PretextModel(backbone=models.get_backbone(config.model),
+                              head=pretext.head(config.pretext))
+  return pretext, model
+
+
+def train_state_init_fn(config, model, pretext, tx):
+  """rng -> TrainState; jax.eval_shape of it gives the checkpoint's structure."""
+  image = jax.ShapeDtypeStruct((2, config.image_size, config.image_size, 3), jnp.float32)
+  inputs, _ = jax.eval_shape(lambda x: pretext.make_inputs(jax.random.PRNGKey(0), {"image": x},
+                                                           config.pretext), image)
+  input_shape = (1,) + inputs["image"].shape[1:]
+
+  def init(rng):
+    param_rng, state_rng = jax.random.split(rng)
+    variables = model.init(param_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    params = variables["params"]
+    pretext_state = pretext.init_state(config.pretext) if hasattr(pretext, "init_state") else {}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=state_rng, pretext_state=pretext_state)
+
+  return init
+
+
+def create_train_state(config, model, pretext, tx, mesh):
+  """Initialises the state directly with its (replicated) sharding."""
+  init = train_state_init_fn(config, model, pretext, tx)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+  return state, state_sharding
+
+
+def make_train_step(config, model, pretext, tx, schedule):
+  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    images = image_ops.normalize(batch["image"], mean, std)
+    inputs, targets = pretext.make_inputs(rng, {"image": images}, config.pretext)
+
+    def loss_fn(params):
+      (outputs, _), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                          inputs["image"], train=True, mutable=["batch_stats"])
+      loss, metrics = pretext.loss(outputs, targets, cfg=config.pretext)
+      return loss, (metrics, updates["batch_stats"])
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
+                   grad_norm=optax.tree.norm(grads))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def run_metadata(config, mesh) -> dict:
+  """What evaluation (and a person) needs to know about the run, saved beside checkpoints."""
+  return {"config": json.loads(config.to_json()), "global_batch_size": config.batch_size,
+          "device_count": mesh.devices.size, "process_count": jax.process_count(),
+          "sslx_version": sslx.__version__, "jax_version": jax.__version__}
+
+
+def check_same_model(saved_meta: dict, config, workdir: str):
+  """One-line error before compilation when the workdir was trained with another model."""
+  now = json.loads(config.to_json())
+  for key in ("model", "pretext"):
+    if saved_meta["config"].get(key) != now.get(key):
+      raise ValueError(f"workdir {workdir} holds a checkpoint of {key} {saved_meta['config'].get(key)}, "
+                       f"but the config asks for {now.get(key)}: use a new --workdir or the saved {key} settings")
+
+
+def checkpoint_manager(workdir: str, config=None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=config.checkpoint_every if config else 1,
+      max_to_keep=config.keep_checkpoints if config else None,
+      enable_async_checkpointing=True, create=config is not None)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def load_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
+  restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return dict(restored["meta"])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None):
+  """Trains until config.total_steps; returns (final state, last logged metrics)."""
+  mesh = mesh if mesh is not None else make_mesh()
+  num_devices, num_processes = mesh.devices.size, jax.process_count()
+  if config.batch_size % num_devices:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} devices: "
+                     f"set --config.batch_size to a multiple of {num_devices}")
+  local_batch_size = config.batch_size // num_processes
+
+  # Data: this process's shard, its own preprocessing, batches of the local size.
+  source = sources.get_source(config.dataset, config.train_split, config.get("data_dir"))
+  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
+                                   crop_padding=config.crop_padding, flip=config.flip, train=True)
+  dataset = pipeline.make_dataset(source, preprocess, batch_size=local_batch_size, seed=config.seed,
+                                  train=True, process_index=jax.process_index(),
+                                  process_count=num_processes, num_threads=config.data_threads)
+  data_iter = iter(dataset)
+
+  pretext, model = build_model(config)
+  tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+
+  # Resume: compare the saved model config first, so a mismatch fails in a line, not in XLA.
+  manager = checkpoint_manager(workdir, config)
+  latest = manager.latest_step()
+  if latest is not None:
+    check_same_model(load_metadata(manager, latest), config, workdir)
+
+  state, state_sharding = create_train_state(config, model, pretext, tx, mesh)
+  if latest is not None:
+    try:
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(data_iter)))
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"checkpoint at step {latest} in {workdir} does not fit this model "
+                       f"({str(e).splitlines()[0][:200]}): use a new --workdir") from None
+    state = restored["state"]
+    if jax.process_index() == 0:
+      print(f"Resumed from the checkpoint at step {latest} in {workdir}", flush=True)
+
+  meta = run_metadata(config, mesh)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(meta, f, indent=2)
+
+  replicated = NamedSharding(mesh, PartitionSpec())
+  train_step = jax.jit(make_train_step(config, model, pretext, tx, schedule),
+                       in_shardings=(state_sharding, pipeline.data_sharding(mesh)),
+                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+  writer = None
+  if jax.process_index() == 0:
+    import tensorboardX  # Event files for TensorBoard; no TensorFlow needed.
+    writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  start_step = int(state.step)
+  progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
+                       disable=jax.process_index() != 0 or not config.get("progress_bar", True))
+  last_metrics: dict[str, float] = {}
+  metrics = None
+  tick, tick_step = time.perf_counter(), start_step
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      local = next(data_iter)
+      previous_metrics = metrics
+      state, metrics = train_step(state, pipeline.to_global({"image": local["image"]}, mesh))
+      # One step in flight: the host prepares the next batch while the device
+      # computes, without queueing unboundedly many steps (and batches) ahead.
+      jax.block_until_ready(previous_metrics)
+      progress.update(1)
+      if step % config.log_every == 0 or step == config.total_steps:
+        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        # Source images per second (the pretext may turn each into several inputs).
+        last_metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
+        last_metrics["skipped_images"] = preprocess.skipped
+        tick, tick_step = now, step
+        progress.set_postfix(loss=f"{last_metrics['loss']:.3f}",
+                             acc=f"{last_metrics.get('accuracy', float('nan')):.3f}",
+                             img_s=f"{last_metrics['images_per_sec']:.0f}")
+        if writer is not None:
+          for name, value in last_metrics.items():
+            writer.add_scalar(f"train/{name}", value, step)
+          writer.flush()
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+          meta=ocp.args.JsonSave(meta)), force=step == config.total_steps)
+  finally:
+    # Also on a crash: finish the checkpoint being written, so the last good one
+    # is complete; an unfinished one stays a tmp dir that restore never picks.
+    manager.wait_until_finished()
+    progress.close()
+    if writer is not None:
+      writer.close()
+  if preprocess.skipped:
+    logging.warning("Skipped %d unreadable images.", preprocess.skipped)
+  return state, last_metrics
+
+
+def _define_flags():
+  """Command-line flags, defined only when run as a program (never on import)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
+  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and config.json go.")
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize() first (several processes, e.g. a TPU pod).")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (distributed).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (distributed).")
+  flags.DEFINE_integer("process_id", None, "This process's index (distributed).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  if not args["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+  if args.distributed:
+    # With no arguments JAX detects TPU pods, SLURM and Open MPI by itself.
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  try:
+    _, metrics = train(args.config, args.workdir)
+  except (ValueError, FileNotFoundError) as e:  # Bad input: one line, no traceback.
+    raise SystemExit(f"sslx-train: error: {e}") from None
+  if jax.process_index() == 0:
+    print(json.dumps({"final_metrics": metrics}))
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

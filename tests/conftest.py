@@ -1,0 +1,41 @@
+"""Shared fixtures: real images from the embedded sample, tiny configs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sslx.data import image_ops, sources
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_images():
+  """64 real CIFAR-10 train images (uint8, 32x32x3) and their labels, 6-7 per class."""
+  source = sources.get_source("sample", "train")
+  indices = np.linspace(0, len(source) - 1, 64).astype(int)
+  records = [source[int(i)] for i in indices]
+  images = np.stack([image_ops.decode(r["image"]) for r in records])
+  return images, np.array([r["label"] for r in records])
+
+
+def tiny_config(name="rotation_convnet_sample.py"):
+  """An experiment config in quick mode."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("exp", REPO / "experiments" / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("quick")
+  config.progress_bar = False
+  return config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """A two-step quick rotation run: its workdir and final state."""
+  from sslx import train
+  workdir = str(tmp_path_factory.mktemp("run"))
+  state, metrics = train.train(tiny_config(), workdir)
+  return workdir, state, metrics

@@ -1,0 +1,115 @@
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sslx.data import image_ops, pipeline, sources
+
+
+class IndexSource:
+  """Records whose 'image' encodes their own index, to check sharding exactly."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {"image": np.full((4, 4, 3), i, np.uint8), "label": i}
+
+
+def _labels(ds, steps):
+  it = iter(ds)
+  return np.concatenate([next(it)["label"] for _ in range(steps)])
+
+
+def test_process_shards_are_disjoint_and_cover_one_epoch():
+  n, processes, batch = 97, 4, 8
+  pre = pipeline.Preprocess(image_size=4, train=False)
+  seen = []
+  for p in range(processes):
+    ds = pipeline.make_dataset(IndexSource(n), pre, batch_size=batch, seed=0, train=False,
+                               process_index=p, process_count=processes)
+    seen.append(np.concatenate([b["label"] for b in ds]))
+  for a, b in itertools.combinations(seen, 2):
+    assert not set(a) & set(b)
+  assert sorted(np.concatenate(seen)) == list(range(n))
+  # The training stream of each process stays inside its shard, reshuffled per epoch.
+  pre_train = pipeline.Preprocess(image_size=4, train=True)
+  ds = pipeline.make_dataset(IndexSource(n), pre_train, batch_size=5, seed=1, train=True,
+                             process_index=1, process_count=processes)
+  labels = _labels(ds, 10)
+  assert set(labels) <= set(seen[1])
+  epoch = len(seen[1])
+  assert sorted(labels[:epoch]) == sorted(seen[1])
+  assert not np.array_equal(labels[:epoch], labels[epoch:2 * epoch])
+
+
+def test_seeded_and_resumable_from_state(sample_images):
+  source = sources.get_source("sample", "train")
+  pre = pipeline.Preprocess(image_size=32, crop_padding=4, flip=True, train=True)
+  ds = pipeline.make_dataset(source, pre, batch_size=16, seed=7, train=True)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(2)]
+  resumed = iter(pipeline.make_dataset(source, pre, batch_size=16, seed=7, train=True))
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  other = next(iter(pipeline.make_dataset(source, pre, batch_size=16, seed=8, train=True)))
+  assert not np.array_equal(other["label"], _labels(ds, 1))
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+  good = tmp_path / "train" / "a"
+  good.mkdir(parents=True)
+  for i in range(6):
+    Image.fromarray(np.full((10, 12, 3), 10 * i, np.uint8)).save(good / f"{i}.png")
+  (good / "broken.png").write_bytes(b"\x89PNG not really")
+  (good / "empty.jpg").write_bytes(b"")
+  source = sources.get_source(f"folder:{tmp_path}", "train")
+  pre = pipeline.Preprocess(image_size=8, train=False)
+  batches = list(pipeline.make_dataset(source, pre, batch_size=4, seed=0, train=False))
+  assert sum(len(b["label"]) for b in batches) == 6
+  assert pre.skipped == 2
+  assert batches[0]["image"].shape[1:] == (8, 8, 3)
+
+
+def test_host_ops():
+  rng = np.random.default_rng(0)
+  image = np.arange(40 * 60 * 3, dtype=np.uint32).reshape(40, 60, 3).astype(np.uint8)
+  assert image_ops.resize_shorter_side(image, 20).shape == (20, 30, 3)
+  assert image_ops.center_crop(image, 30).shape == (30, 30, 3)
+  crop = image_ops.random_crop(image[:32, :32], 32, rng, padding=4)
+  assert crop.shape == (32, 32, 3)
+  flips = {image_ops.random_flip(image, rng)[0, 0, 0] for _ in range(20)}
+  assert flips == {image[0, 0, 0], image[0, -1, 0]}
+  normalized = np.asarray(image_ops.normalize(np.full((2, 2, 3), 255, np.uint8), (0.5,) * 3, (0.5,) * 3))
+  np.testing.assert_allclose(normalized, 1.0)
+
+
+def test_pad_batch_marks_padding():
+  batch = {"image": np.ones((3, 2, 2, 3), np.uint8), "label": np.arange(3)}
+  padded = pipeline.pad_batch(batch, 8)
+  assert padded["image"].shape == (8, 2, 2, 3)
+  np.testing.assert_array_equal(padded["mask"], [1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def test_eval_pipeline_rejects_nothing_and_keeps_order():
+  pre = pipeline.Preprocess(image_size=4, train=False)
+  ds = pipeline.make_dataset(IndexSource(10), pre, batch_size=4, seed=0, train=False)
+  labels = np.concatenate([b["label"] for b in ds])
+  np.testing.assert_array_equal(labels, np.arange(10))
+
+
+@pytest.mark.parametrize("size", [32, 7])
+def test_preprocess_output_size(size):
+  pre = pipeline.Preprocess(image_size=size, crop_padding=2, flip=True, train=True)
+  out = pre({"image": np.zeros((40, 50, 3), np.uint8), "label": 3}, np.random.default_rng(0))
+  assert out["image"].shape == (size, size, 3) and out["label"] == 3

@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sslx import models, pretexts
+from sslx.data import image_ops
+from sslx.pretexts.image import rotation
+
+
+def test_found_by_name_with_contract():
+  module = pretexts.get("image.rotation")
+  assert module is rotation
+  for name in pretexts.REQUIRED:
+    assert callable(getattr(module, name))
+
+
+def test_all_rotations_match_np_rot90(sample_images):
+  images = sample_images[0][:5]
+  inputs, targets = rotation.make_inputs(jax.random.PRNGKey(0), {"image": jnp.asarray(images)},
+                                         rotation.default_config())
+  assert inputs["image"].shape == (20, 32, 32, 3)
+  labels = np.asarray(targets["label"])
+  np.testing.assert_array_equal(labels, np.tile(np.arange(4), 5))
+  for i, (image, k) in enumerate(zip(np.asarray(inputs["image"]), labels)):
+    np.testing.assert_array_equal(image, np.rot90(images[i // 4], k))
+
+
+def test_label_one_is_counter_clockwise():
+  image = np.zeros((1, 2, 2, 1), np.uint8)
+  image[0, 0, 1, 0] = 1  # Top-right pixel; a quarter turn counter-clockwise puts it top-left.
+  cfg = rotation.default_config()
+  inputs, _ = rotation.make_inputs(jax.random.PRNGKey(0), {"image": jnp.asarray(image)}, cfg)
+  assert np.asarray(inputs["image"])[1, 0, 0, 0] == 1
+
+
+def test_one_random_rotation_per_image(sample_images):
+  images = jnp.asarray(sample_images[0])
+  cfg = rotation.default_config()
+  cfg.all_rotations = False
+  make = jax.jit(lambda rng, x: rotation.make_inputs(rng, {"image": x}, cfg))
+  inputs, targets = make(jax.random.PRNGKey(3), images)
+  labels = np.asarray(targets["label"])
+  assert inputs["image"].shape == images.shape
+  assert set(labels) == {0, 1, 2, 3}  # 64 draws: every class appears.
+  for image, original, k in zip(np.asarray(inputs["image"]), sample_images[0], labels):
+    np.testing.assert_array_equal(image, np.rot90(original, k))
+  other = make(jax.random.PRNGKey(4), images)[1]["label"]
+  assert not np.array_equal(labels, np.asarray(other))
+
+
+def test_rotation_loss_decreases_on_real_images(sample_images):
+  cfg = rotation.default_config()
+  model = models.PretextModel(
+      backbone=models.get_backbone({"name": "convnet", "widths": (8, 16, 16)}), head=rotation.head(cfg))
+  images = image_ops.normalize(jnp.asarray(sample_images[0][:32]))
+  inputs, targets = rotation.make_inputs(jax.random.PRNGKey(0), {"image": images}, cfg)
+  variables = model.init(jax.random.PRNGKey(0), inputs["image"][:1], train=False)
+  tx = optax.adam(3e-3)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, batch_stats, opt_state):
+    def loss_fn(p):
+      (out, _), upd = model.apply({"params": p, "batch_stats": batch_stats}, inputs["image"], train=True,
+                                  mutable=["batch_stats"])
+      value, metrics = rotation.loss(out, targets, cfg=cfg)
+      return value, (metrics, upd["batch_stats"])
+    (value, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, value, metrics
+
+  values = []
+  for _ in range(15):
+    params, batch_stats, opt_state, value, metrics = step(params, batch_stats, opt_state)
+    values.append(float(value))
+  assert values[0] > np.log(4) - 0.2
+  assert values[-1] < values[0] - 0.2, values
+  assert 0.0 <= float(metrics["accuracy"]) <= 1.0

@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from sslx import train
+from sslx.data import pipeline
+from sslx.evaluate import common
+from tests.conftest import REPO, tiny_config
+
+EXPERIMENTS = sorted(p.name for p in (REPO / "experiments").glob("*.py"))
+
+
+def _params_close(a, b, atol=0.0):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_two_steps_in_quick_mode(name, tmp_path):
+  config = tiny_config(name)
+  state, metrics = train.train(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert np.isfinite(metrics["loss"]) and metrics["images_per_sec"] > 0
+  meta = json.loads((tmp_path / "config.json").read_text())
+  assert meta["global_batch_size"] == config.batch_size and meta["device_count"] == jax.device_count()
+  assert meta["config"]["pretext"]["name"] == config.pretext.name
+  assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_checkpoint_round_trip(trained_workdir):
+  workdir, state, _ = trained_workdir
+  run = common.load_run(workdir)
+  assert run.step == 2 and run.meta["sslx_version"]
+  _params_close(run.variables["params"], state.params["backbone"])
+  _params_close(run.variables["batch_stats"], state.batch_stats["backbone"])
+
+
+def test_unfinished_checkpoint_is_never_latest(trained_workdir):
+  workdir, _, _ = trained_workdir
+  # What a crash in the middle of writing step 9 leaves behind.
+  (Path(workdir) / "checkpoints" / "9.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
+  assert train.checkpoint_manager(workdir).latest_step() == 2
+  assert common.load_run(workdir).step == 2
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+  config = tiny_config()
+  config.total_steps, config.checkpoint_every = 5, 2
+  straight, _ = train.train(config, str(tmp_path / "straight"))
+
+  # Crash while assembling the 4th batch: the checkpoint of step 2 is the last good one.
+  real_to_global, calls = pipeline.to_global, []
+
+  def crashing_to_global(batch, mesh):
+    calls.append(1)
+    if len(calls) == 4:
+      raise KeyboardInterrupt("simulated kill")
+    return real_to_global(batch, mesh)
+
+  monkeypatch.setattr(pipeline, "to_global", crashing_to_global)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(pipeline, "to_global", real_to_global)
+  assert train.checkpoint_manager(str(tmp_path / "resumed")).latest_step() == 2
+
+  resumed, _ = train.train(config, str(tmp_path / "resumed"))
+  assert int(resumed.step) == 5
+  _params_close(resumed.params, straight.params)
+  _params_close(resumed.batch_stats, straight.batch_stats)
+  _params_close(resumed.opt_state, straight.opt_state)
+
+
+def test_other_model_in_workdir_fails_before_compiling(trained_workdir):
+  workdir, _, _ = trained_workdir
+  config = tiny_config()
+  config.model.widths = (8, 16, 32)
+  with pytest.raises(ValueError, match="holds a checkpoint of model"):
+    train.train(config, workdir)
+
+
+def test_bad_config_values_fail_clearly(tmp_path):
+  config = tiny_config()
+  config.dataset = "imagenet"
+  with pytest.raises(ValueError, match="unknown dataset spec"):
+    train.train(config, str(tmp_path))
+  config = tiny_config()
+  config.optimizer.name = "lamb"
+  with pytest.raises(ValueError, match="unknown optimizer.name 'lamb'"):
+    train.train(config, str(tmp_path / "b"))
+
+
+def test_schedules():
+  config = tiny_config().optimizer
+  config.learning_rate, config.warmup_steps = 1.0, 10
+  cosine = train.make_schedule(config, 100)
+  assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(1.0)
+  assert float(cosine(100)) == pytest.approx(0.0, abs=1e-6)
+  config.schedule = "step"
+  step = train.make_schedule(config, 100)
+  assert float(step(10)) == pytest.approx(1.0)
+  assert float(step(45)) == pytest.approx(0.2) and float(step(95)) == pytest.approx(0.2**3)
+
+
+SHARDED_CHECK = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from tests.conftest import tiny_config
+    from sslx import train
+    assert jax.device_count() == 8
+    config = tiny_config()
+    config.total_steps = 1
+    out = {}
+    for n in (1, 8):
+      state, _ = train.train(config, os.path.join(sys.argv[2], str(n)), mesh=train.make_mesh(jax.devices()[:n]))
+      out[n] = jax.device_get((state.params, state.batch_stats))
+    leaves = zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[8]))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in leaves)
+    config.batch_size = 12
+    try:
+      train.train(config, os.path.join(sys.argv[2], "odd"))
+      error = ""
+    except ValueError as e:
+      error = str(e)
+    print(json.dumps({"max_abs_diff": diff, "error": error}))
+""")
+
+
+def test_eight_fake_devices_match_one_device(tmp_path):
+  result = subprocess.run([sys.executable, "-c", SHARDED_CHECK, str(REPO), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["max_abs_diff"] < 1e-5, report
+  assert "batch_size 12 is not divisible by the 8 devices" in report["error"]
