@@ -8,7 +8,6 @@ import pytest
 from sslx.data import image_ops, sources
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
