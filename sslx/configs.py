@@ -19,6 +19,7 @@ def base() -> ml_collections.ConfigDict:
   c.dataset = "sample"
   c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
   c.train_split = "train"
+  c.train_examples = ml_collections.config_dict.placeholder(int)  # First n examples only (None: all).
   c.image_size = 32
   c.resize_size = ml_collections.config_dict.placeholder(int)  # Shorter side before cropping.
   c.crop_padding = 4  # CIFAR-style pad-and-crop; 0 for a plain random crop.
@@ -48,6 +49,8 @@ def base() -> ml_collections.ConfigDict:
   # classifier per block on standardised features, no augmentation.
   c.evaluate = ml_collections.ConfigDict({
       "dataset": ml_collections.config_dict.placeholder(str),  # None: the training dataset.
+      # patch_grid g > 0: average the features of a g x g grid of patches (patch pretexts).
+      "patch_grid": 0,
       "train_split": "train", "test_split": "test", "max_features": 4096, "batch_size": 256,
       "epochs": 30, "learning_rate": 1e-3, "weight_decay": 5e-4, "seed": 0})
   return c
@@ -57,8 +60,10 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Two steps of a tiny model on the embedded sample: a smoke run, not an experiment."""
   c.dataset = "sample"
   c.data_dir = None
-  c.image_size = 32
-  c.resize_size = None
+  c.train_examples = None
+  if c.image_size > 64:  # ImageNet-sized configs shrink to the sample's 32 px.
+    c.image_size = 32
+    c.resize_size = None
   if c.model.name == "convnet":
     c.model.widths = (8, 16, 16)
   else:

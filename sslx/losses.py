@@ -52,3 +52,42 @@ def accuracy(*, logits, labels, reduction=True, weights=None):
   """Top-1 accuracy: fraction of examples whose arg-max logit is the label."""
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return _reduce(correct, reduction=reduction, weights=weights)
+
+
+def triplet_semihard(*, embeddings, labels, margin=0.5, reduction=True, weights=None):
+  """Triplet loss with semi-hard negatives (Schroff et al., FaceNet, CVPR 2015).
+
+  For every anchor-positive pair (same label, different rows) the negative is
+  the closest one farther than the positive (semi-hard); when there is none,
+  the farthest negative. Distances are squared Euclidean. Returns the mean of
+  ``max(0, d(a, p) - d(a, n) + margin)`` over anchor-positive pairs, or with
+  ``reduction=False`` its mean per anchor ``(N,)`` (0 for an anchor without a
+  positive). ``weights`` is per anchor.
+  """
+  x = embeddings.astype(jnp.float32)
+  sq = jnp.sum(x * x, axis=-1)
+  dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
+  same = labels[:, None] == labels[None, :]
+  n = x.shape[0]
+  positive = same & ~jnp.eye(n, dtype=bool)
+  negative = ~same
+  big = jnp.finfo(jnp.float32).max
+  # d[a, p, n]: is negative n semi-hard for (a, p), i.e. farther than p?
+  farther = negative[:, None, :] & (dist[:, None, :] > dist[:, :, None])
+  semi_hard = jnp.min(jnp.where(farther, dist[:, None, :], big), axis=-1)
+  hardest_fallback = jnp.max(jnp.where(negative, dist, -big), axis=-1)[:, None]
+  chosen = jnp.where(jnp.any(farther, axis=-1), semi_hard, hardest_fallback)
+  per_pair = jnp.maximum(dist - chosen + margin, 0.0) * positive
+  if not reduction:
+    counts = jnp.maximum(positive.sum(-1), 1)
+    return _reduce(per_pair.sum(-1) / counts, reduction=False, weights=weights)
+  pair_weights = positive if weights is None else positive * weights[:, None]
+  return jnp.sum(per_pair * pair_weights) / jnp.maximum(jnp.sum(pair_weights), 1e-8)
+
+
+def l2_loss(*, predictions, targets, reduction=True, weights=None):
+  """Squared Euclidean distance ``||predictions - targets||^2``, summed over trailing axes."""
+  diff = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
+  per_element = jnp.square(diff)
+  per_example = per_element.reshape(per_element.shape[0], -1).sum(axis=-1) if per_element.ndim > 1 else per_element
+  return _reduce(per_example, reduction=reduction, weights=weights)

@@ -90,23 +90,30 @@ def make_optimizer(cfg, total_steps: int):
   return tx, schedule
 
 
-def build_model(config) -> tuple[Any, models.PretextModel]:
+def build_model(config) -> tuple[Any, Any]:
+  """The pretext module and its model: backbone + head, or the pretext's own ``model``."""
   pretext = pretexts.get(config.pretext.name)
-  model = models.PretextModel(backbone=models.get_backbone(config.model),
-                              head=pretext.head(config.pretext))
-  return pretext, model
+  backbone = models.get_backbone(config.model)
+  if hasattr(pretext, "model"):
+    return pretext, pretext.model(backbone, config.pretext)
+  return pretext, models.PretextModel(backbone=backbone, head=pretext.head(config.pretext))
+
+
+def example_batch(config, batch_size: int = 2) -> dict:
+  """Abstract batch as ``make_inputs`` receives it: RGB in [0, 1] and source indices."""
+  return {"image": jax.ShapeDtypeStruct((batch_size, config.image_size, config.image_size, 3), jnp.float32),
+          "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
 
 def train_state_init_fn(config, model, pretext, tx):
   """rng -> TrainState; jax.eval_shape of it gives the checkpoint's structure."""
-  image = jax.ShapeDtypeStruct((2, config.image_size, config.image_size, 3), jnp.float32)
-  inputs, _ = jax.eval_shape(lambda x: pretext.make_inputs(jax.random.PRNGKey(0), {"image": x},
-                                                           config.pretext), image)
-  input_shape = (1,) + inputs["image"].shape[1:]
+  inputs, _ = jax.eval_shape(lambda b: pretext.make_inputs(jax.random.PRNGKey(0), b, config.pretext),
+                             example_batch(config))
 
   def init(rng):
     param_rng, state_rng = jax.random.split(rng)
-    variables = model.init(param_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    dummy = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), inputs)
+    variables = model.init(param_rng, dummy, train=False)
     params = variables["params"]
     pretext_state = pretext.init_state(config.pretext) if hasattr(pretext, "init_state") else {}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -126,17 +133,28 @@ def create_train_state(config, model, pretext, tx, mesh):
   return state, state_sharding
 
 
+def standardize_inputs(inputs, mean, std):
+  """Standardises every array named ``image`` in a pretext's inputs (nested for multi-task)."""
+  def visit(path, x):
+    last = path[-1]
+    return image_ops.standardize(x, mean, std) if getattr(last, "key", None) == "image" else x
+  return jax.tree_util.tree_map_with_path(visit, inputs)
+
+
 def make_train_step(config, model, pretext, tx, schedule):
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    images = image_ops.normalize(batch["image"], mean, std)
-    inputs, targets = pretext.make_inputs(rng, {"image": images}, config.pretext)
+    # Pretexts see RGB in [0, 1] (colour ops need it); the network sees their
+    # outputs standardised with the dataset's statistics, as evaluation does.
+    images = batch["image"].astype(jnp.float32) / 255.0
+    inputs, targets = pretext.make_inputs(rng, dict(batch, image=images), config.pretext)
+    inputs = standardize_inputs(inputs, mean, std)
 
     def loss_fn(params):
       (outputs, _), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                          inputs["image"], train=True, mutable=["batch_stats"])
+                                          inputs, train=True, mutable=["batch_stats"])
       loss, metrics = pretext.loss(outputs, targets, cfg=config.pretext)
       return loss, (metrics, updates["batch_stats"])
 
@@ -195,11 +213,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
                                    crop_padding=config.crop_padding, flip=config.flip, train=True)
   dataset = pipeline.make_dataset(source, preprocess, batch_size=local_batch_size, seed=config.seed,
-                                  train=True, process_index=jax.process_index(),
+                                  train=True, num_examples=config.get("train_examples"),
+                                  process_index=jax.process_index(),
                                   process_count=num_processes, num_threads=config.data_threads)
   data_iter = iter(dataset)
 
   pretext, model = build_model(config)
+  if hasattr(pretext, "validate"):
+    pretext.validate(config)  # Pretext-specific config checks, before any compilation.
   tx, schedule = make_optimizer(config.optimizer, config.total_steps)
 
   # Resume: compare the saved model config first, so a mismatch fails in a line, not in XLA.
@@ -246,7 +267,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     for step in range(start_step + 1, config.total_steps + 1):
       local = next(data_iter)
       previous_metrics = metrics
-      state, metrics = train_step(state, pipeline.to_global({"image": local["image"]}, mesh))
+      state, metrics = train_step(state, pipeline.to_global({"image": local["image"],
+                                                            "index": local["index"]}, mesh))
       # One step in flight: the host prepares the next batch while the device
       # computes, without queueing unboundedly many steps (and batches) ahead.
       jax.block_until_ready(previous_metrics)

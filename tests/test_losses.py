@@ -73,7 +73,8 @@ def _decreases(loss_of_params, params, steps=20, lr=0.1):
   return start, float(loss_of_params(params))
 
 
-@pytest.mark.parametrize("name", ["softmax_xent", "softmax_xent_soft", "sigmoid_xent"])
+@pytest.mark.parametrize("name", ["softmax_xent", "softmax_xent_soft", "sigmoid_xent", "triplet_semihard",
+                                  "l2_loss"])
 def test_loss_decreases_under_gradient_steps(name):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
@@ -84,10 +85,16 @@ def test_loss_decreases_under_gradient_steps(name):
   elif name == "softmax_xent_soft":
     targets = jax.nn.softmax(jnp.asarray(rng.normal(size=(32, 3)), jnp.float32))
     fn = lambda p: losses.softmax_xent_soft(logits=x @ p["w"], targets=targets)  # noqa: E731
+  elif name == "triplet_semihard":
+    fn = lambda p: losses.triplet_semihard(embeddings=x @ p["w"], labels=labels, margin=1.0)  # noqa: E731
+  elif name == "l2_loss":
+    target = jnp.asarray(rng.normal(size=(32, 3)), jnp.float32)
+    fn = lambda p: losses.l2_loss(predictions=x @ p["w"], targets=target)  # noqa: E731
   else:
     binary = jax.nn.one_hot(labels, 3)
     fn = lambda p: losses.sigmoid_xent(logits=x @ p["w"], labels=binary)  # noqa: E731
-  start, end = _decreases(fn, w0)
+  # The triplet loss's gradients are small at these tiny initial embeddings.
+  start, end = _decreases(fn, w0, lr=1.0 if name == "triplet_semihard" else 0.1)
   assert end < start - 0.05, (start, end)
 
 
@@ -96,3 +103,36 @@ def test_losses_jit_and_keyword_only():
   assert jax.jit(lambda a, b: losses.softmax_xent(logits=a, labels=b))(logits, labels).shape == ()
   with pytest.raises(TypeError):
     losses.softmax_xent(logits, labels)  # noqa
+
+
+def _triplet_reference(x, labels, margin):
+  """Direct loops: semi-hard negative per (anchor, positive), else the farthest negative."""
+  dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+  values = []
+  for a in range(len(x)):
+    for p in range(len(x)):
+      if p == a or labels[p] != labels[a]:
+        continue
+      negatives = [n for n in range(len(x)) if labels[n] != labels[a]]
+      farther = [dist[a, n] for n in negatives if dist[a, n] > dist[a, p]]
+      d_an = min(farther) if farther else max(dist[a, n] for n in negatives)
+      values.append(max(dist[a, p] - d_an + margin, 0.0))
+  return np.mean(values)
+
+
+def test_triplet_semihard_matches_direct_loops():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(12, 4)).astype(np.float32)
+  labels = np.repeat(np.arange(4), 3)
+  got = losses.triplet_semihard(embeddings=jnp.asarray(x), labels=jnp.asarray(labels), margin=0.5)
+  np.testing.assert_allclose(got, _triplet_reference(x, labels, 0.5), rtol=1e-4)
+  # Well separated clusters: zero loss.
+  separated = np.repeat(np.eye(4, dtype=np.float32) * 10, 3, axis=0)
+  assert float(losses.triplet_semihard(embeddings=jnp.asarray(separated), labels=jnp.asarray(labels))) == 0.0
+
+
+def test_l2_loss_known_values():
+  pred = jnp.array([[1.0, 2.0], [0.0, 0.0]])
+  target = jnp.array([[0.0, 0.0], [0.0, 3.0]])
+  np.testing.assert_allclose(losses.l2_loss(predictions=pred, targets=target, reduction=False), [5.0, 9.0])
+  np.testing.assert_allclose(losses.l2_loss(predictions=pred, targets=target), 7.0)

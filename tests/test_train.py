@@ -119,6 +119,10 @@ SHARDED_CHECK = textwrap.dedent("""
     assert jax.device_count() == 8
     config = tiny_config()
     config.total_steps = 1
+    # Summation order differs between 1 and 8 devices: about 1e-4 relative noise in the
+    # first conv's float32 gradient, 3e-6 in the parameters at this learning rate. The
+    # BatchNorm statistics compared below do not depend on it.
+    config.optimizer.learning_rate = 0.01
     out = {}
     for n in (1, 8):
       state, _ = train.train(config, os.path.join(sys.argv[2], str(n)), mesh=train.make_mesh(jax.devices()[:n]))

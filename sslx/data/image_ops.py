@@ -69,5 +69,9 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD):
   """uint8 (..., 3) -> float32 standardised per channel. Runs on the device."""
-  images = images.astype(jnp.float32) / 255.0
+  return standardize(images.astype(jnp.float32) / 255.0, mean, std)
+
+
+def standardize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+  """float (..., 3) in [0, 1] -> standardised per channel. Runs on the device."""
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

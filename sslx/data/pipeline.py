@@ -48,15 +48,42 @@ class Preprocess:
         image = image_ops.random_flip(image, rng)
     else:
       image = image_ops.center_crop(image, self.image_size)
-    return {"image": np.ascontiguousarray(image), "label": np.int32(record["label"])}
+    return {"image": np.ascontiguousarray(image), "label": np.int32(record["label"]),
+            "index": np.int32(record.get("index", -1))}
+
+
+class _Indexed:
+  """A random-access source whose records carry their position in it."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    # grain's map_with_index sees positions in the derived (sliced, repeated)
+    # dataset, not in the source; the source itself knows the true one.
+    return dict(self.source[index], index=index)
 
 
 def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, train: bool,
-                 process_index: int = 0, process_count: int = 1, num_threads: int = 2,
-                 prefetch: int = 256) -> grain.IterDataset:
+                 num_examples: int | None = None, process_index: int = 0, process_count: int = 1,
+                 num_threads: int = 2, prefetch: int = 256) -> grain.IterDataset:
   """This process's batches of ``batch_size``: endless and shuffled when training,
-  one ordered pass with a smaller last batch otherwise."""
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  one ordered pass with a smaller last batch otherwise.
+
+  Every example carries ``index``, its position in the source, which pretexts
+  with per-example identities (exemplar classes, cluster assignments) use.
+  ``num_examples`` keeps the first n examples of the source (before sharding).
+  """
+  if num_examples is not None and not 0 < num_examples <= len(source):
+    raise ValueError(f"num_examples {num_examples} is outside 1..{len(source)} (the source's size): "
+                     f"lower --config.train_examples or use a larger dataset")
+  ds = grain.MapDataset.source(_Indexed(source))
+  if num_examples is not None:
+    ds = ds[:num_examples]
+  ds = ds[process_index::process_count]
   if train:
     ds = ds.shuffle(seed=seed).repeat()  # shuffle before repeat: a new order every epoch.
     ds = ds.random_map(preprocess, seed=seed)

@@ -59,28 +59,72 @@ def random_init_variables(backbone, config, seed: int) -> dict:
 
 
 def pool_grid(height: int, channels: int, max_features: int) -> int:
-  """Largest grid g dividing ``height`` with g*g*channels <= max_features (at least 1)."""
-  fitting = [g for g in range(1, height + 1) if height % g == 0 and g * g * channels <= max_features]
-  return max(fitting) if fitting else 1
+  """Grid side g for pooling a ``height``-sided map to at most ``max_features`` dims.
+
+  The largest divisor of ``height`` with g*g*channels <= max_features, so the
+  cells are equal; when that divisor is under half the largest allowed side
+  (e.g. a prime-sided 11x11 map would fall to 1x1), the largest allowed side
+  with near-equal adaptive cells instead.
+  """
+  largest = max(1, int((max_features / channels) ** 0.5))
+  largest = min(largest, height)
+  divisor = max(g for g in range(1, largest + 1) if height % g == 0)
+  return divisor if 2 * divisor >= largest else largest
+
+
+def _pool_matrix(size: int, grid: int) -> np.ndarray:
+  """(grid, size) averaging weights: cell i covers [floor(i*size/grid), ceil((i+1)*size/grid))."""
+  weights = np.zeros((grid, size), np.float32)
+  for i in range(grid):
+    start, stop = (i * size) // grid, -(-((i + 1) * size) // grid)
+    weights[i, start:stop] = 1.0 / (stop - start)
+  return weights
 
 
 def pool_block(x, max_features: int):
   """(B, H, W, C) -> (B, g*g*C): average pool to a g x g grid (see pool_grid)."""
   batch, height, width, channels = x.shape
   g = pool_grid(height, channels, max_features)
-  gw = g if width % g == 0 else 1
-  x = x.astype(jnp.float32).reshape(batch, g, height // g, gw, width // gw, channels).mean(axis=(2, 4))
+  gw = min(g, width)
+  rows, cols = jnp.asarray(_pool_matrix(height, g)), jnp.asarray(_pool_matrix(width, gw))
+  x = jnp.einsum("gh,bhwc,kw->bgkc", rows, x.astype(jnp.float32), cols)
   return x.reshape(batch, -1)
 
 
+def grid_patches(images, grid: int):
+  """``(B, H, W, C)`` -> ``(B * grid**2, p, p, C)``: non-overlapping patches of side
+  ``p = H // grid`` from the centred ``grid * p`` square, raster order."""
+  batch, height, _, channels = images.shape
+  side = height // grid
+  start = (height - grid * side) // 2
+  x = images[:, start:start + grid * side, start:start + grid * side]
+  x = x.reshape(batch, grid, side, grid, side, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(batch * grid * grid, side, side, channels)
+
+
 def feature_fn(backbone, config, max_features: int):
-  """A jitted images(uint8) -> {block: pooled features} for one backbone."""
+  """A jitted images(uint8) -> {block: pooled features} for one backbone.
+
+  With ``evaluate.patch_grid = g > 0`` the image is cut into a g x g grid of
+  patches, each encoded and pooled on its own, and the patch features are
+  averaged: the protocol of Kolesnikov et al. (CVPR 2019) for patch-based
+  pretexts, whose encoders only ever saw patches. Otherwise the whole image
+  goes through the encoder.
+  """
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
+  grid = config.evaluate.get("patch_grid") or 0
 
   @jax.jit
   def features(variables, images):
+    batch = images.shape[0]
+    if grid:
+      images = grid_patches(images, grid)
     maps = backbone.apply(variables, image_ops.normalize(images, mean, std), train=False)
-    return {name: pool_block(maps[name], max_features) for name in models.block_names(maps)}
+    out = {}
+    for name in models.block_names(maps):
+      pooled = pool_block(maps[name], max_features)
+      out[name] = pooled.reshape(batch, -1, pooled.shape[-1]).mean(axis=1) if grid else pooled
+    return out
 
   return features
 

@@ -40,11 +40,18 @@ def get_backbone(model_config) -> nn.Module:
 
 
 class PretextModel(nn.Module):
-  """A backbone with a pretext head; returns (head outputs, backbone features)."""
+  """A backbone with a pretext head: ``inputs["image"]`` -> (head outputs, backbone features).
+
+  Patch pretexts (jigsaw, relative location) put their patches on the batch
+  axis, ``(B * patches, h, w, C)``, so the one backbone is a siamese encoder
+  with shared weights; their heads regroup the per-patch features. A pretext
+  that needs another wiring (multi-task) defines ``model(backbone, cfg)``; the
+  backbone's parameters must stay under the name ``backbone`` for evaluation.
+  """
   backbone: nn.Module
   head: nn.Module
 
   @nn.compact
-  def __call__(self, images, *, train: bool):
-    features = self.backbone(images, train=train)
+  def __call__(self, inputs, *, train: bool):
+    features = self.backbone(inputs["image"], train=train)
     return self.head(features, train=train), features

@@ -38,3 +38,16 @@ class ConvBN(nn.Module):
 
 def global_avg_pool(x):
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def dense_bn_relu(x, features: int, *, name: str, train: bool):
+  """Dense, BatchNorm, ReLU, called inside a compact module (parameters ``name``, ``name_bn``)."""
+  x = nn.Dense(features, name=name)(x)
+  return nn.relu(nn.BatchNorm(use_running_average=not train, name=f"{name}_bn")(x))
+
+
+def flatten_last_block(features: dict):
+  """The deepest block's map of a backbone's features, flattened per example (fc6's input)."""
+  names = sorted((k for k in features if k.startswith("block")), key=lambda k: int(k[len("block"):]))
+  last = features[names[-1]]
+  return last.reshape(last.shape[0], -1).astype(jnp.float32)

@@ -1,9 +1,15 @@
 """Pretext tasks, one module each, found by name (no registry).
 
-``get("image.rotation")`` imports ``sslx.pretexts.image.rotation``. A pretext
+``get("image.rotation")`` imports ``sslx.pretexts.image.rotation`` (and
+``get("multitask")`` the family-free ``sslx.pretexts.multitask``). A pretext
 module defines ``default_config()``, ``make_inputs(rng, batch, cfg)``,
 ``head(cfg)`` and ``loss(outputs, targets, *, cfg)``; stateful tasks add
-``init_state`` and ``update_state``.
+``init_state`` and ``update_state``. Optional: ``validate(config)`` (config
+checks run by the trainer before compilation) and ``model(backbone, cfg)``
+(a wiring other than backbone -> head, e.g. one backbone and several heads).
+
+``make_inputs`` receives ``batch["image"]``, float RGB in [0, 1] of shape
+``(B, H, W, 3)``, and ``batch["index"]``, each image's position in the source.
 """
 
 from __future__ import annotations

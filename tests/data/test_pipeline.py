@@ -47,6 +47,20 @@ def test_process_shards_are_disjoint_and_cover_one_epoch():
   assert not np.array_equal(labels[:epoch], labels[epoch:2 * epoch])
 
 
+def test_index_is_the_source_position_in_every_epoch_and_subset():
+  pre = pipeline.Preprocess(image_size=4, train=True)
+  for num_examples in (None, 13):
+    ds = pipeline.make_dataset(IndexSource(40), pre, batch_size=8, seed=0, train=True,
+                               num_examples=num_examples, process_index=1, process_count=2)
+    it = iter(ds)
+    batches = [next(it) for _ in range(12)]  # Several epochs.
+    index = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(index, np.concatenate([b["label"] for b in batches]))
+    assert index.max() < (num_examples or 40)
+  with pytest.raises(ValueError, match=r"num_examples 41 is outside 1..40.*train_examples"):
+    pipeline.make_dataset(IndexSource(40), pre, batch_size=8, seed=0, train=True, num_examples=41)
+
+
 def test_seeded_and_resumable_from_state(sample_images):
   source = sources.get_source("sample", "train")
   pre = pipeline.Preprocess(image_size=32, crop_padding=4, flip=True, train=True)

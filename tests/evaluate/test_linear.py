@@ -23,7 +23,8 @@ def test_linear_probe_recovers_a_known_rule():
 
 @pytest.mark.parametrize("height,channels,limit,grid", [(32, 32, 4096, 8), (16, 64, 4096, 8),
                                                         (8, 128, 4096, 4), (4, 512, 4096, 2),
-                                                        (7, 2048, 4096, 1)])
+                                                        (7, 2048, 4096, 1), (11, 64, 4096, 8),
+                                                        (21, 32, 4096, 7), (6, 128, 4096, 3)])
 def test_pool_grid(height, channels, limit, grid):
   assert common.pool_grid(height, channels, limit) == grid
 
@@ -52,3 +53,36 @@ def test_evaluate_writes_table_for_every_block(trained_workdir):
 def test_missing_checkpoint_fails_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
     linear.evaluate(str(tmp_path))
+
+
+def test_grid_patches_raster_order_and_content():
+  images = np.arange(2 * 7 * 7 * 1, dtype=np.float32).reshape(2, 7, 7, 1)
+  patches = np.asarray(common.grid_patches(images, 3))  # 2 px patches from the centred 6 px square.
+  assert patches.shape == (18, 2, 2, 1)
+  np.testing.assert_array_equal(patches[0], images[0, 0:2, 0:2])
+  np.testing.assert_array_equal(patches[5], images[0, 2:4, 4:6])  # Row 1, column 2.
+  np.testing.assert_array_equal(patches[9 + 7], images[1, 4:6, 2:4])  # Second image, row 2, column 1.
+
+
+def test_patch_grid_features_are_the_mean_over_patches(sample_images):
+  from sslx import configs, models
+  from sslx.data import image_ops
+  config = configs.quick(configs.base())
+  config.evaluate.patch_grid = 2
+  backbone = models.get_backbone(config.model)
+  variables = common.random_init_variables(backbone, config, seed=0)
+  images = sample_images[0][:3]
+  got = common.feature_fn(backbone, config, 4096)(variables, images)
+  patches = common.grid_patches(images, 2)
+  maps = backbone.apply(variables, image_ops.normalize(patches), train=False)
+  for block in models.block_names(maps):
+    per_patch = np.asarray(common.pool_block(maps[block], 4096)).reshape(3, 4, -1)
+    np.testing.assert_allclose(got[block], per_patch.mean(1), rtol=1e-4, atol=1e-5)
+
+
+def test_pool_block_uneven_cells_cover_the_map():
+  x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
+  # 5 = prime side, 3x3 allowed: adaptive cells [0, 2), [1, 4), [3, 5) instead of one 1x1 cell.
+  pooled = np.asarray(common.pool_block(x, max_features=27)).reshape(2, 3, 3, 3)
+  np.testing.assert_allclose(pooled[:, 0, 1], x[:, 0:2, 1:4].mean(axis=(1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(pooled[:, 2, 0], x[:, 3:5, 0:2].mean(axis=(1, 2)), rtol=1e-5)

@@ -1,11 +1,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-
-from sslx import models, pretexts
+from sslx import pretexts
 from sslx.data import image_ops
 from sslx.pretexts.image import rotation
+from tests.pretexts import steps
 
 
 def test_found_by_name_with_contract():
@@ -50,31 +49,8 @@ def test_one_random_rotation_per_image(sample_images):
 
 
 def test_rotation_loss_decreases_on_real_images(sample_images):
-  cfg = rotation.default_config()
-  model = models.PretextModel(
-      backbone=models.get_backbone({"name": "convnet", "widths": (8, 16, 16)}), head=rotation.head(cfg))
   images = image_ops.normalize(jnp.asarray(sample_images[0][:32]))
-  inputs, targets = rotation.make_inputs(jax.random.PRNGKey(0), {"image": images}, cfg)
-  variables = model.init(jax.random.PRNGKey(0), inputs["image"][:1], train=False)
-  tx = optax.adam(3e-3)
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, batch_stats, opt_state):
-    def loss_fn(p):
-      (out, _), upd = model.apply({"params": p, "batch_stats": batch_stats}, inputs["image"], train=True,
-                                  mutable=["batch_stats"])
-      value, metrics = rotation.loss(out, targets, cfg=cfg)
-      return value, (metrics, upd["batch_stats"])
-    (value, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, value, metrics
-
-  values = []
-  for _ in range(15):
-    params, batch_stats, opt_state, value, metrics = step(params, batch_stats, opt_state)
-    values.append(float(value))
+  values, metrics = steps.losses_over_steps(rotation, rotation.default_config(), {"image": images})
   assert values[0] > np.log(4) - 0.2
   assert values[-1] < values[0] - 0.2, values
   assert 0.0 <= float(metrics["accuracy"]) <= 1.0

@@ -1,0 +1,45 @@
+"""A few gradient steps of a pretext on a fixed batch: the "loss goes down" check."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sslx import models
+
+TINY_CONVNET = {"name": "convnet", "widths": (8, 16, 16), "kernel_sizes": (3, 3, 3)}
+
+
+def build(pretext, cfg, model_config=None):
+  backbone = models.get_backbone(ml_collections.ConfigDict(model_config or TINY_CONVNET))
+  if hasattr(pretext, "model"):
+    return pretext.model(backbone, cfg)
+  return models.PretextModel(backbone=backbone, head=pretext.head(cfg))
+
+
+def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, model_config=None, seed=0):
+  """Adam on one fixed batch (fixed pseudo-labels): the pretext loss at every step."""
+  model = build(pretext, cfg, model_config)
+  batch = jax.tree.map(jnp.asarray, batch)
+  inputs, targets = pretext.make_inputs(jax.random.PRNGKey(seed), batch, cfg)
+  variables = model.init(jax.random.PRNGKey(seed), inputs, train=False)
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  tx = optax.adam(learning_rate)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, batch_stats, opt_state):
+    def loss_fn(p):
+      (out, _), upd = model.apply({"params": p, "batch_stats": batch_stats}, inputs, train=True,
+                                  mutable=["batch_stats"])
+      value, metrics = pretext.loss(out, targets, cfg=cfg)
+      return value, (metrics, upd["batch_stats"])
+    (value, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, value, metrics
+
+  values, metrics = [], None
+  for _ in range(steps):
+    params, batch_stats, opt_state, value, metrics = step(params, batch_stats, opt_state)
+    values.append(float(value))
+  return values, jax.device_get(metrics)
