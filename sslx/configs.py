@@ -42,6 +42,9 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   c.progress_bar = True
+  # sslx-train asks XLA for deterministic GPU kernels, so that a resumed run ends with exactly
+  # the parameters of an uninterrupted one on GPUs as on CPUs and TPUs; False trades that for speed.
+  c.deterministic = True
 
   # Linear probe (sslx/evaluate/linear.py). Protocol after Zhang et al. (ECCV 2016)
   # and Goyal et al. (ICCV 2019): frozen backbone, each block's map average-pooled

@@ -1,6 +1,10 @@
 """Shared fixtures: real images from the embedded sample, tiny configs."""
 
+import os
 from pathlib import Path
+
+# As sslx-train does: deterministic GPU kernels, so the exact-resume tests hold on a GPU too.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
 
 import numpy as np
 import pytest

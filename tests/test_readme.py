@@ -27,7 +27,7 @@ def test_readme_main_command_end_to_end_at_tiny_budget(tmp_path):
   assert [s.split()[0] for s in steps] == ["sslx-train", "sslx-linear"]
   workdir = str(tmp_path / "run")
   modules = {"sslx-train": "sslx.train", "sslx-linear": "sslx.evaluate.linear"}
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
   outputs = []
   for step in steps:
     args = step.split()

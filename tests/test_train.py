@@ -142,8 +142,21 @@ SHARDED_CHECK = textwrap.dedent("""
 def test_eight_fake_devices_match_one_device(tmp_path):
   result = subprocess.run([sys.executable, "-c", SHARDED_CHECK, str(REPO), str(tmp_path)],
                           capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                          # CPU platform even where a GPU is present: the check is about 8 host devices.
+                          env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                   XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["max_abs_diff"] < 1e-5, report
   assert "batch_size 12 is not divisible by the 8 devices" in report["error"]
+
+
+def test_deterministic_gpu_ops_requested_once_and_user_choice_kept(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  train.request_deterministic_gpu_ops()
+  train.request_deterministic_gpu_ops()
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                             "--xla_gpu_deterministic_ops=true"]
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # The user's own setting wins.
+  train.request_deterministic_gpu_ops()
+  assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"

@@ -81,9 +81,21 @@ def markdown_table(results: dict) -> str:
 
 
 def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
-             epochs: int | None = None) -> dict:
+             epochs: int | None = None, patch_grid: int | None = None) -> dict:
+  """Probes every block of the checkpoint's backbone and of the same backbone at random init.
+
+  ``patch_grid`` overrides the config's probe input (0: the whole image; g: the
+  mean over a g x g grid of patches); its results go to ``eval/linear_grid{g}``
+  so that both protocols of one checkpoint can sit side by side.
+  """
   run = common.load_run(workdir)
   cfg = run.config.evaluate
+  stem = "linear"
+  if patch_grid is not None:
+    if patch_grid < 0:
+      raise ValueError(f"patch_grid must be >= 0 (0: whole image), got {patch_grid}")
+    cfg.patch_grid = patch_grid
+    stem = f"linear_grid{patch_grid}"
   dataset = dataset or cfg.get("dataset") or run.config.dataset
   data_dir = data_dir or run.config.get("data_dir")
   epochs = epochs if epochs is not None else cfg.epochs
@@ -121,10 +133,11 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
 
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "linear.json"), "w") as f:
+  results["written_to"] = os.path.join(out_dir, f"{stem}.json")
+  with open(results["written_to"], "w") as f:
     json.dump(results, f, indent=2)
   table = markdown_table(results)
-  with open(os.path.join(out_dir, "linear.md"), "w") as f:
+  with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
     f.write(f"Linear probe, {dataset}, checkpoint step {run.step}, {len(train_y)} train / "
             f"{len(test_y)} test images\n\n{table}\n")
   return results
@@ -135,6 +148,8 @@ def _define_flags():
   flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
   flags.DEFINE_integer("epochs", None, "Probe epochs; default: the config's.")
+  flags.DEFINE_integer("patch_grid", None, "Probe input: 0 the whole image, g the mean over g x g "
+                       "patches; default: the config's evaluate.patch_grid.")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -144,13 +159,14 @@ def main(argv):
   if not args["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs)
+    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                       patch_grid=args.patch_grid)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sslx-linear: error: {e}") from None
   print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['train_examples']} train / {results['test_examples']} test images)\n")
   print(markdown_table(results))
-  print(f"\nWritten to {os.path.join(args.workdir, 'eval', 'linear.json')}")
+  print(f"\nWritten to {results['written_to']}")
 
 
 def run():

@@ -1,5 +1,6 @@
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -50,6 +51,20 @@ def test_evaluate_writes_table_for_every_block(trained_workdir):
   assert "| block1 |" in open(f"{workdir}/eval/linear.md").read()
 
 
+def test_patch_grid_override_writes_its_own_table(trained_workdir):
+  workdir, _, _ = trained_workdir
+  whole = linear.evaluate(workdir, epochs=1)
+  patches = linear.evaluate(workdir, epochs=1, patch_grid=2)
+  assert patches["protocol"]["patch_grid"] == 2 and whole["protocol"]["patch_grid"] == 0
+  assert patches["written_to"].endswith("eval/linear_grid2.json")
+  # Other inputs (2x2 grid of 16 px patches), other features: the accuracies differ.
+  assert patches["blocks"] != whole["blocks"]
+  with open(f"{workdir}/eval/linear.json") as f:
+    assert json.load(f)["protocol"]["patch_grid"] == 0  # The config's own table is kept.
+  with pytest.raises(ValueError, match="patch_grid must be >= 0"):
+    linear.evaluate(workdir, epochs=1, patch_grid=-1)
+
+
 def test_missing_checkpoint_fails_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
     linear.evaluate(str(tmp_path))
@@ -72,9 +87,11 @@ def test_patch_grid_features_are_the_mean_over_patches(sample_images):
   backbone = models.get_backbone(config.model)
   variables = common.random_init_variables(backbone, config, seed=0)
   images = sample_images[0][:3]
-  got = common.feature_fn(backbone, config, 4096)(variables, images)
-  patches = common.grid_patches(images, 2)
-  maps = backbone.apply(variables, image_ops.normalize(patches), train=False)
+  # Full float32 convolutions: on GPUs the default (TF32) differs by ~5e-4 between batch shapes.
+  with jax.default_matmul_precision("highest"):
+    got = common.feature_fn(backbone, config, 4096)(variables, images)
+    patches = common.grid_patches(images, 2)
+    maps = backbone.apply(variables, image_ops.normalize(patches), train=False)
   for block in models.block_names(maps):
     per_patch = np.asarray(common.pool_block(maps[block], 4096)).reshape(3, 4, -1)
     np.testing.assert_allclose(got[block], per_patch.mean(1), rtol=1e-4, atol=1e-5)

@@ -80,8 +80,8 @@ def pca_contrast(rng, images, factor_range):
   mean = pixels.mean(0)
   _, vectors = jnp.linalg.eigh(jnp.cov((pixels - mean).T))
   factors = _uniform(rng, (images.shape[0], 1, 1, 3), factor_range)
-  projected = (images - mean) @ vectors
-  return projected * factors @ vectors.T + mean
+  projected = augment.exact_matmul(images - mean, vectors)
+  return augment.exact_matmul(projected * factors, vectors.T) + mean
 
 
 def augment_copies(rng, images, cfg):

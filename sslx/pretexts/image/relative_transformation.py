@@ -141,7 +141,7 @@ def make_inputs(rng, batch, cfg):
   base_rng, transform_rng = jax.random.split(rng)
   _, base = _similarities(base_rng, batch_size, size, cfg.base_angle, cfg.base_scale, cfg.base_translation)
   params, matrix = sample_transforms(transform_rng, batch_size, cfg)
-  both = jnp.stack([base, matrix @ base], axis=1).reshape(batch_size * 2, 3, 3)
+  both = jnp.stack([base, augment.exact_matmul(matrix, base)], axis=1).reshape(batch_size * 2, 3, 3)
   views = augment.warp(jnp.repeat(images, 2, axis=0), both, size)
   return {"image": views}, {"params": params, "matrix": matrix}
 
