@@ -1,15 +1,16 @@
 """Shared fixtures: real images from the embedded sample, tiny configs."""
 
-import os
 from pathlib import Path
-
-# As sslx-train does: deterministic GPU kernels, so the exact-resume tests hold on a GPU too.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
 
 import numpy as np
 import pytest
 
+from sslx import train
 from sslx.data import image_ops, sources
+
+# As sslx-train does, before any computation: deterministic GPU kernels, so the
+# exact-resume tests hold on a GPU too.
+train.request_deterministic_gpu_ops()
 
 REPO = Path(__file__).resolve().parents[1]
 
