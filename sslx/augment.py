@@ -178,3 +178,148 @@ def hsv_to_rgb(hsv):
   hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
   k = (jnp.asarray([5.0, 3.0, 1.0]) + hue[..., None] * 6.0) % 6.0
   return value[..., None] - value[..., None] * saturation[..., None] * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+# --- Views for contrastive learning (SimCLR, Chen et al., ICML 2020, Appendix A). -------------
+
+
+def _linear_resize_weights(start, length, in_size: int, out_size: int):
+  """``(out_size, in_size)`` weights that resample the span [start, start + length) of an axis
+  (pixel centres at i + 0.5) onto ``out_size`` pixels: a triangle (bilinear) kernel, widened by
+  the shrink factor when the span shrinks (antialiasing), renormalised at the image's edges."""
+  stride = length / out_size
+  centres = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * stride
+  width = jnp.maximum(stride, 1.0)
+  pixels = jnp.arange(in_size, dtype=jnp.float32) + 0.5
+  weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixels[None, :] - centres[:, None]) / width)
+  return weights / jnp.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+
+
+def crop_and_resize(images, top, left, box_height, box_width, out_size: tuple[int, int] | None = None):
+  """Resizes the box at (``top``, ``left``) of size ``box_height`` x ``box_width`` (per example,
+  ``(B,)``, pixels, sub-pixel allowed) of ``images (B, H, W, C)`` to ``out_size`` ((h, w);
+  default the input's), bilinearly; antialiased when a box shrinks. An integer box at scale 1
+  is a plain slice. Two small matmuls per image (full float32), quick to compile."""
+  _, height, width, _ = images.shape
+  out_h, out_w = out_size or (height, width)
+
+  def one(image, t, l, h, w):
+    rows = _linear_resize_weights(t, h, height, out_h)
+    cols = _linear_resize_weights(l, w, width, out_w)
+    x = jnp.einsum("oh,hwc->owc", rows, image, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("pw,owc->opc", cols, x, precision=jax.lax.Precision.HIGHEST)
+
+  boxes = [jnp.asarray(v, jnp.float32) for v in (top, left, box_height, box_width)]
+  return jax.vmap(one)(images, *boxes)
+
+
+def random_resized_crop(rng, images, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                        out_size: tuple[int, int] | None = None, tries: int = 10):
+  """Inception-style random crops of ``images (B, H, W, C)``, resized to ``out_size``.
+
+  Each box covers a uniform fraction ``scale`` of the image's area with a log-uniform aspect ratio
+  (width / height) in ``ratio``, at a uniform position. An example draws ``tries`` boxes and keeps
+  the first that fits inside the image (the whole image when none does), as torchvision does.
+  """
+  batch, height, width, _ = images.shape
+  # One draw for everything: each random call adds its own generator to the compiled program.
+  u = jax.random.uniform(rng, (batch, 2 * tries + 2))
+  area = (scale[0] + (scale[1] - scale[0]) * u[:, :tries]) * height * width
+  log_low, log_high = jnp.log(ratio[0]), jnp.log(ratio[1])
+  aspect = jnp.exp(log_low + (log_high - log_low) * u[:, tries:2 * tries])
+  box_w, box_h = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
+  fits = (box_w <= width) & (box_h <= height)
+  first = jnp.argmax(fits, axis=1)[:, None]
+  found = fits.any(axis=1)
+  box_w = jnp.where(found, jnp.take_along_axis(box_w, first, 1)[:, 0], width)
+  box_h = jnp.where(found, jnp.take_along_axis(box_h, first, 1)[:, 0], height)
+  top = u[:, -2] * (height - box_h)
+  left = u[:, -1] * (width - box_w)
+  return crop_and_resize(images, top, left, box_h, box_w, out_size)
+
+
+def random_flip(rng, images, probability: float = 0.5):
+  """Mirrors each image of ``(B, H, W, C)`` left-right with the given probability."""
+  flip = jax.random.bernoulli(rng, probability, (images.shape[0],))
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def _per_image(values, images):
+  return values.reshape((-1,) + (1,) * (images.ndim - 1))
+
+
+def adjust_brightness(images, factor):
+  """Multiplies each image of ``(B, ..., 3)`` by its ``factor (B,)``."""
+  return images * _per_image(factor, images)
+
+
+def adjust_contrast(images, factor):
+  """Moves each image towards (factor < 1) or away from its mean luma, as torchvision does."""
+  mean = to_grey(images)[..., :1].mean(axis=tuple(range(1, images.ndim)), keepdims=True)
+  return mean + _per_image(factor, images) * (images - mean)
+
+
+def adjust_saturation(images, factor):
+  """Moves each pixel towards (factor < 1) or away from its own grey value."""
+  grey = to_grey(images)
+  return grey + _per_image(factor, images) * (images - grey)
+
+
+def shift_hue(images, delta):
+  """Rotates each image's hue by ``delta (B,)`` turns (1 = a full turn)."""
+  hsv = rgb_to_hsv(images)
+  hue = (hsv[..., 0] + _per_image(delta, hsv[..., 0])) % 1.0
+  return hsv_to_rgb(jnp.concatenate([hue[..., None], hsv[..., 1:]], -1))
+
+
+def random_orders(rng, batch: int, n: int):
+  """``(batch, n)``: an independent uniform permutation of ``range(n)`` per example."""
+  return jnp.argsort(jax.random.uniform(rng, (batch, n)), axis=1)
+
+
+def apply_in_order(images, ops, order):
+  """Applies the functions ``ops`` (each maps the whole batch) to ``images (B, ...)`` in a
+  per-example order ``(B, len(ops))``. Every op runs at every position and the wanted result is
+  selected: len(ops)^2 op evaluations, no data-dependent control flow. A loop over positions
+  (not unrolled) keeps the compiled program one position long."""
+  def position(step, x):
+    candidates = jnp.stack([op(x) for op in ops], axis=1)
+    pick = jax.lax.dynamic_index_in_dim(order, step, axis=1, keepdims=False)
+    return jnp.take_along_axis(candidates, pick.reshape((-1, 1) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+  return jax.lax.fori_loop(0, len(ops), position, images)
+
+
+def colour_jitter(rng, images, *, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                  hue: float = 0.0, probability: float = 1.0):
+  """torchvision-style colour jitter of ``images (B, H, W, 3)`` in [0, 1], per image.
+
+  With the given probability an image gets brightness, contrast and saturation factors drawn
+  uniformly from [max(0, 1 - s), 1 + s] and a hue shift from [-hue, hue] turns, applied in a
+  random order of its own and clipped to [0, 1] after each; otherwise it is left unchanged.
+  """
+  batch = images.shape[0]
+  order_rng, u_rng = jax.random.split(rng)
+  u = jax.random.uniform(u_rng, (batch, 5))  # One draw (see random_resized_crop).
+
+  def factor(column, spread):
+    low = jnp.maximum(0.0, 1.0 - spread)
+    return low + (1.0 + spread - low) * u[:, column]
+
+  b, c, s = factor(0, brightness), factor(1, contrast), factor(2, saturation)
+  h = hue * (2.0 * u[:, 3] - 1.0)
+  ops = [lambda x: jnp.clip(adjust_brightness(x, b), 0.0, 1.0),
+         lambda x: jnp.clip(adjust_contrast(x, c), 0.0, 1.0),
+         lambda x: jnp.clip(adjust_saturation(x, s), 0.0, 1.0),
+         lambda x: jnp.clip(shift_hue(x, h), 0.0, 1.0)]
+  jittered = apply_in_order(images, ops, random_orders(order_rng, batch, len(ops)))
+  apply = u[:, 4] < probability
+  return jnp.where(_per_image(apply, images), jittered, images)
+
+
+def random_blur(rng, images, *, probability: float, sigma_range=(0.1, 2.0), kernel_size: int = 3):
+  """Gaussian blur with the given probability per image, its std uniform in ``sigma_range`` pixels."""
+  u = jax.random.uniform(rng, (images.shape[0], 2))
+  apply = u[:, 0] < probability
+  sigma = sigma_range[0] + (sigma_range[1] - sigma_range[0]) * u[:, 1]
+  return gaussian_blur(images, jnp.where(apply, sigma, 0.0), kernel_size)

@@ -91,3 +91,69 @@ def l2_loss(*, predictions, targets, reduction=True, weights=None):
   per_element = jnp.square(diff)
   per_example = per_element.reshape(per_element.shape[0], -1).sum(axis=-1) if per_element.ndim > 1 else per_element
   return _reduce(per_example, reduction=reduction, weights=weights)
+
+
+def nt_xent(*, embeddings_a, embeddings_b, temperature, reduction=True, weights=None):
+  """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al., ICML 2020).
+
+  ``embeddings_a[i]`` and ``embeddings_b[i]`` (``(N, D)``) are two views of example i. Both are
+  L2-normalised; each of the 2N views must pick its partner by cosine similarity / ``temperature``
+  among the 2N - 1 other views, the 2N - 2 views of the other examples being its negatives. The
+  per-example value is the mean of the pair's two directions, so the mean over examples is the
+  paper's loss (the official code returns the sum of the two directions, twice this). ``weights``
+  ``(N,)``: examples of weight 0 (padding) are also removed from everyone's negatives. On a
+  data-parallel mesh the arrays are global, so the negatives are the whole global batch.
+  """
+  if not isinstance(temperature, jax.core.Tracer) and float(temperature) <= 0:
+    raise ValueError(f"nt_xent: temperature must be > 0, got {temperature}")
+  n = embeddings_a.shape[0]
+  z = jnp.concatenate([embeddings_a, embeddings_b], 0).astype(jnp.float32)
+  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  logits = z @ z.T / temperature
+  others = ~jnp.eye(2 * n, dtype=bool)
+  if weights is not None:
+    others = others & jnp.tile(weights > 0, 2)[None, :]
+  # A large finite negative rather than -inf keeps the softmax's gradient free of NaNs.
+  log_probs = jax.nn.log_softmax(jnp.where(others, logits, -1e9), axis=-1)
+  partner = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
+  per_view = -jnp.take_along_axis(log_probs, partner[:, None], axis=-1)[:, 0]
+  per_example = 0.5 * (per_view[:n] + per_view[n:])
+  return _reduce(per_example, reduction=reduction, weights=weights)
+
+
+def _masked_mean(per_element, mask):
+  """Per-example mean of ``per_element (B, ...)`` weighted by ``mask`` (broadcast to it; None: all)."""
+  if mask is None:
+    return per_element.reshape(per_element.shape[0], -1).mean(axis=-1)
+  mask = jnp.broadcast_to(mask.astype(jnp.float32), per_element.shape).reshape(per_element.shape[0], -1)
+  total = (per_element.reshape(per_element.shape[0], -1) * mask).sum(axis=-1)
+  # max(., 1e-8): an example with an empty mask contributes 0, not NaN.
+  return total / jnp.maximum(mask.sum(axis=-1), 1e-8)
+
+
+def masked_l2(*, predictions, targets, mask=None, reduction=True, weights=None):
+  """Mean squared error per example over the elements ``mask`` selects (or weights, e.g. a 10x
+  boundary); ``mask`` broadcasts to ``predictions`` (e.g. ``(B, H, W, 1)`` for all channels)."""
+  diff = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
+  return _reduce(_masked_mean(jnp.square(diff), mask), reduction=reduction, weights=weights)
+
+
+def masked_l1(*, predictions, targets, mask=None, reduction=True, weights=None):
+  """Mean absolute error per example over the elements ``mask`` selects (see ``masked_l2``)."""
+  diff = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
+  return _reduce(_masked_mean(jnp.abs(diff), mask), reduction=reduction, weights=weights)
+
+
+def gan_discriminator_loss(*, real_logits, fake_logits, reduction=True, weights=None):
+  """The discriminator's cross-entropy: ``-log D(real) - log(1 - D(fake))`` per example,
+  with ``D = sigmoid(logits)`` of shape ``(B,)`` or ``(B, 1)``."""
+  real = real_logits.astype(jnp.float32).reshape(real_logits.shape[0])
+  fake = fake_logits.astype(jnp.float32).reshape(fake_logits.shape[0])
+  per_example = -jax.nn.log_sigmoid(real) - jax.nn.log_sigmoid(-fake)
+  return _reduce(per_example, reduction=reduction, weights=weights)
+
+
+def gan_generator_loss(*, fake_logits, reduction=True, weights=None):
+  """The non-saturating generator loss ``-log D(fake)`` per example (Goodfellow et al. 2014)."""
+  fake = fake_logits.astype(jnp.float32).reshape(fake_logits.shape[0])
+  return _reduce(-jax.nn.log_sigmoid(fake), reduction=reduction, weights=weights)

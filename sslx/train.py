@@ -105,10 +105,21 @@ def example_batch(config, batch_size: int = 2) -> dict:
           "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
 
+def is_stateful(pretext) -> bool:
+  return hasattr(pretext, "init_state")
+
+
+def pretext_state_kwargs(pretext, pretext_state) -> dict:
+  """``make_inputs`` takes ``state=`` only in stateful pretexts."""
+  return {"state": pretext_state} if is_stateful(pretext) else {}
+
+
 def train_state_init_fn(config, model, pretext, tx):
   """rng -> TrainState; jax.eval_shape of it gives the checkpoint's structure."""
-  inputs, _ = jax.eval_shape(lambda b: pretext.make_inputs(jax.random.PRNGKey(0), b, config.pretext),
-                             example_batch(config))
+  inputs, _ = jax.eval_shape(
+      lambda b: pretext.make_inputs(jax.random.PRNGKey(0), b, config.pretext, **pretext_state_kwargs(
+          pretext, pretext.init_state(config.pretext) if is_stateful(pretext) else None)),
+      example_batch(config))
 
   def init(rng):
     param_rng, state_rng = jax.random.split(rng)
@@ -149,7 +160,8 @@ def make_train_step(config, model, pretext, tx, schedule):
     # Pretexts see RGB in [0, 1] (colour ops need it); the network sees their
     # outputs standardised with the dataset's statistics, as evaluation does.
     images = batch["image"].astype(jnp.float32) / 255.0
-    inputs, targets = pretext.make_inputs(rng, dict(batch, image=images), config.pretext)
+    inputs, targets = pretext.make_inputs(rng, dict(batch, image=images), config.pretext,
+                                          **pretext_state_kwargs(pretext, state.pretext_state))
     inputs = standardize_inputs(inputs, mean, std)
 
     def loss_fn(params):
@@ -168,6 +180,124 @@ def make_train_step(config, model, pretext, tx, schedule):
     return new_state, metrics
 
   return train_step
+
+
+# Stateful pretexts (DeepCluster's clusters, colorization's colour prior): their
+# state is an explicit pytree in TrainState, refreshed between steps, at the
+# loop level, by the pretext's pure ``update_state`` from one ordered pass over
+# the training set; never inside the jitted step or a loss.
+
+
+def updates_state(pretext) -> bool:
+  return is_stateful(pretext) and hasattr(pretext, "update_state")
+
+
+def refresh_due(pretext, config, step: int, num_examples: int) -> bool:
+  """Refresh before step 1 and then every ``update_interval`` steps (0: never again)."""
+  if not updates_state(pretext):
+    return False
+  interval = pretext.update_interval(config, num_examples)
+  return step == 1 or (interval > 0 and (step - 1) % interval == 0)
+
+
+def epoch_of(pretext, config, step: int, num_examples: int) -> int:
+  interval = pretext.update_interval(config, num_examples) if updates_state(pretext) else 0
+  return (step - 1) // interval if interval > 0 else 0
+
+
+def collect_over_training_set(config, model, pretext, state, source, *, batch_size: int) -> dict:
+  """One ordered, unaugmented pass of this process's shard through ``pretext.collect``,
+  gathered from every process: {name: (N, ...)} for the whole training set."""
+  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
+  local_mesh = make_mesh(jax.local_devices())
+  batch_size = -(-batch_size // local_mesh.devices.size) * local_mesh.devices.size
+  replicated = NamedSharding(local_mesh, PartitionSpec())
+  # A host copy moved onto this process's devices: the pass needs no collectives.
+  variables = jax.device_put(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
+                             replicated)
+
+  @jax.jit
+  def collect(variables, batch):
+    def predict(inputs):
+      return model.apply(variables, standardize_inputs(inputs, mean, std), train=False)[0]
+    images = batch["image"].astype(jnp.float32) / 255.0
+    return pretext.collect(predict, {"image": images, "index": batch["index"]}, config.pretext)
+
+  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
+                                   train=False)
+  dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False,
+                                  num_examples=config.get("train_examples"),
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+  parts: dict[str, list] = {}
+  for batch in dataset:
+    n = len(batch["index"])
+    padded = pipeline.pad_batch({"image": batch["image"], "index": batch["index"],
+                                 "label": batch["label"]}, batch_size)
+    local = pipeline.to_global({"image": padded["image"], "index": padded["index"]}, local_mesh)
+    for name, value in jax.device_get(collect(variables, local)).items():
+      parts.setdefault(name, []).append(np.asarray(value)[:n])
+  collected = {name: np.concatenate(values) for name, values in parts.items()}
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    # Shards differ in size by at most one: pad to the largest, gather, drop the padding.
+    count = len(next(iter(collected.values())))
+    counts = multihost_utils.process_allgather(np.asarray([count]))
+    most = int(counts.max())
+    padded = {k: np.concatenate([v, np.zeros((most - count,) + v.shape[1:], v.dtype)])
+              for k, v in collected.items()}
+    gathered = multihost_utils.process_allgather(padded)
+    collected = {k: np.concatenate([v[p, :int(counts[p, 0])] for p in range(len(counts))])
+                 for k, v in gathered.items()}
+  return collected
+
+
+def reinitialize(tree, fresh, paths, *, zero: bool):
+  """Replaces (or zeroes) every leaf of ``tree`` under one of the key ``paths``
+  (e.g. ("head", "classifier")), matched anywhere in the leaf's path, so the
+  same call covers parameters and the optimizer's per-parameter statistics."""
+  def under(path):
+    keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+    return any(keys[i:i + len(p)] == tuple(p) for p in paths for i in range(len(keys)))
+
+  if zero:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if under(path) and hasattr(x, "shape") and x.ndim else x, tree)
+  return jax.tree_util.tree_map_with_path(lambda path, x, y: y if under(path) else x, tree, fresh)
+
+
+def refresh_pretext_state(config, model, pretext, state, source, *, state_sharding, step: int,
+                          fresh_params_fn):
+  """The loop-level refresh: collect over the training set, ``update_state``, then
+  re-initialise the parameters the pretext names (and their optimizer state)."""
+  collected = collect_over_training_set(config, model, pretext, state, source,
+                                        batch_size=config.evaluate.batch_size)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+  new_pretext_state = pretext.update_state(jax.device_get(state.pretext_state), collected,
+                                           rng=rng, cfg=config.pretext)
+  params, opt_state = jax.device_get(state.params), jax.device_get(state.opt_state)
+  paths = getattr(pretext, "reinit_params", ())
+  if paths:
+    fresh = jax.device_get(fresh_params_fn(rng))
+    params = reinitialize(params, fresh, paths, zero=False)
+    opt_state = reinitialize(opt_state, None, paths, zero=True)
+  state = state.replace(params=params, opt_state=opt_state,
+                        pretext_state=jax.tree.map(jnp.asarray, new_pretext_state))
+  return jax.device_put(state, state_sharding)
+
+
+def make_train_iterator(config, source, preprocess, pretext, pretext_state, *, epoch: int):
+  """This process's training batches; a pretext with ``epoch_indices`` picks the epoch's examples."""
+  indices = None
+  if hasattr(pretext, "epoch_indices"):
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), epoch)
+    indices = pretext.epoch_indices(jax.device_get(pretext_state), rng, config.pretext)
+  dataset = pipeline.make_dataset(source, preprocess, batch_size=config.batch_size // jax.process_count(),
+                                  seed=config.seed + epoch, train=True,
+                                  num_examples=config.get("train_examples"),
+                                  process_index=jax.process_index(), process_count=jax.process_count(),
+                                  num_threads=config.data_threads,
+                                  indices=None if indices is None else np.asarray(indices))
+  return iter(dataset)
 
 
 def run_metadata(config, mesh) -> dict:
@@ -202,21 +332,16 @@ def load_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
 def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None):
   """Trains until config.total_steps; returns (final state, last logged metrics)."""
   mesh = mesh if mesh is not None else make_mesh()
-  num_devices, num_processes = mesh.devices.size, jax.process_count()
+  num_devices = mesh.devices.size
   if config.batch_size % num_devices:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} devices: "
                      f"set --config.batch_size to a multiple of {num_devices}")
-  local_batch_size = config.batch_size // num_processes
 
   # Data: this process's shard, its own preprocessing, batches of the local size.
   source = sources.get_source(config.dataset, config.train_split, config.get("data_dir"))
   preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
                                    crop_padding=config.crop_padding, flip=config.flip, train=True)
-  dataset = pipeline.make_dataset(source, preprocess, batch_size=local_batch_size, seed=config.seed,
-                                  train=True, num_examples=config.get("train_examples"),
-                                  process_index=jax.process_index(),
-                                  process_count=num_processes, num_threads=config.data_threads)
-  data_iter = iter(dataset)
+  num_examples = config.get("train_examples") or len(source)
 
   pretext, model = build_model(config)
   if hasattr(pretext, "validate"):
@@ -232,12 +357,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   state, state_sharding = create_train_state(config, model, pretext, tx, mesh)
   if latest is not None:
     try:
-      restored = manager.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(data_iter)))
+      state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))["state"]
     except (ValueError, KeyError) as e:
       raise ValueError(f"checkpoint at step {latest} in {workdir} does not fit this model "
                        f"({str(e).splitlines()[0][:200]}): use a new --workdir") from None
-    state = restored["state"]
+  start_step = int(state.step)
+  # The iterator may depend on the restored pretext state (DeepCluster's epoch of
+  # cluster-uniform samples), so it is built, then restored, after the state.
+  data_iter = make_train_iterator(config, source, preprocess, pretext, state.pretext_state,
+                                  epoch=epoch_of(pretext, config, start_step + 1, num_examples))
+  if latest is not None:
+    manager.restore(latest, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iter)))
     if jax.process_index() == 0:
       print(f"Resumed from the checkpoint at step {latest} in {workdir}", flush=True)
 
@@ -257,7 +387,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     import tensorboardX  # Event files for TensorBoard; no TensorFlow needed.
     writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  start_step = int(state.step)
+  init_fn = train_state_init_fn(config, model, pretext, tx)
+  fresh_params = jax.jit(lambda rng: init_fn(rng).params)
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
                        disable=jax.process_index() != 0 or not config.get("progress_bar", True))
   last_metrics: dict[str, float] = {}
@@ -265,6 +396,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   tick, tick_step = time.perf_counter(), start_step
   try:
     for step in range(start_step + 1, config.total_steps + 1):
+      if refresh_due(pretext, config, step, num_examples):
+        state = refresh_pretext_state(config, model, pretext, state, source, state_sharding=state_sharding,
+                                      step=step, fresh_params_fn=fresh_params)
+        if hasattr(pretext, "epoch_indices"):
+          data_iter = make_train_iterator(config, source, preprocess, pretext, state.pretext_state,
+                                          epoch=epoch_of(pretext, config, step, num_examples))
+        summary = {k: float(v) for k, v in jax.device_get(state.pretext_state).items()
+                   if getattr(v, "ndim", 1) == 0}
+        if writer is not None:
+          for name, value in summary.items():
+            writer.add_scalar(f"pretext_state/{name}", value, step)
+        if summary and jax.process_index() == 0:
+          logging.warning("Pretext state refreshed before step %d: %s", step, summary)
+        tick = time.perf_counter()  # Throughput counts training, not the refresh pass.
       local = next(data_iter)
       previous_metrics = metrics
       state, metrics = train_step(state, pipeline.to_global({"image": local["image"],

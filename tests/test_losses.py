@@ -136,3 +136,141 @@ def test_l2_loss_known_values():
   target = jnp.array([[0.0, 0.0], [0.0, 3.0]])
   np.testing.assert_allclose(losses.l2_loss(predictions=pred, targets=target, reduction=False), [5.0, 9.0])
   np.testing.assert_allclose(losses.l2_loss(predictions=pred, targets=target), 7.0)
+
+
+def test_masked_l2_and_l1_average_over_the_mask_only():
+  pred = jnp.zeros((2, 2, 2, 3))
+  target = jnp.ones((2, 2, 2, 3)) * jnp.array([1.0, 2.0])[:, None, None, None]
+  mask = jnp.zeros((2, 2, 2, 1)).at[:, 0, 0].set(1.0)  # One pixel of four, all channels.
+  target = target.at[:, 1:].set(100.0)  # Unmasked errors must not count.
+  np.testing.assert_allclose(losses.masked_l2(predictions=pred, targets=target, mask=mask, reduction=False),
+                             [1.0, 4.0])
+  np.testing.assert_allclose(losses.masked_l1(predictions=pred, targets=target, mask=mask, reduction=False),
+                             [1.0, 2.0])
+  # Weights in the mask make a weighted mean; no mask is the plain mean squared error.
+  weighted = mask.at[:, 0, 1].set(3.0)
+  np.testing.assert_allclose(losses.masked_l2(predictions=pred, targets=target.at[:, 0, 1].set(0.0),
+                                              mask=weighted, reduction=False), [0.25, 1.0])
+  np.testing.assert_allclose(losses.masked_l2(predictions=pred, targets=jnp.full((2, 2, 2, 3), 2.0)), 4.0)
+  # An empty mask gives 0, not NaN.
+  assert float(losses.masked_l2(predictions=pred, targets=target, mask=jnp.zeros_like(mask))) == 0.0
+
+
+def test_gan_losses_known_values():
+  real, fake = jnp.array([0.0, 2.0]), jnp.array([0.0, -1.0])
+  d = losses.gan_discriminator_loss(real_logits=real, fake_logits=fake, reduction=False)
+  np.testing.assert_allclose(d, [2 * np.log(2.0), np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))], rtol=1e-6)
+  g = losses.gan_generator_loss(fake_logits=fake[:, None], reduction=False)
+  np.testing.assert_allclose(g, [np.log(2.0), np.log1p(np.exp(1.0))], rtol=1e-6)
+  # A confident, correct discriminator has a small loss; the fooled generator a large one.
+  assert float(losses.gan_discriminator_loss(real_logits=jnp.array([9.0]), fake_logits=jnp.array([-9.0]))) < 1e-3
+  assert float(losses.gan_generator_loss(fake_logits=jnp.array([-9.0]))) > 8.9
+
+
+def _nt_xent_reference(a, b, temperature):
+  """Direct loops over the 2N views: -log of the partner's share of exp(cos / t) over all others."""
+  z = np.concatenate([a, b]).astype(np.float64)
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  count = len(z)
+  total = 0.0
+  for i in range(count):
+    partner = (i + len(a)) % count
+    others = sum(np.exp(z[i] @ z[k] / temperature) for k in range(count) if k != i)
+    total -= np.log(np.exp(z[i] @ z[partner] / temperature) / others)
+  return total / count
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0])
+def test_nt_xent_matches_direct_loops(temperature):
+  rng = np.random.default_rng(4)
+  a, b = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(6, 5)).astype(np.float32)
+  got = losses.nt_xent(embeddings_a=jnp.asarray(a), embeddings_b=jnp.asarray(b), temperature=temperature)
+  np.testing.assert_allclose(got, _nt_xent_reference(a, b, temperature), rtol=1e-5)
+  per_example = losses.nt_xent(embeddings_a=jnp.asarray(a), embeddings_b=jnp.asarray(b),
+                               temperature=temperature, reduction=False)
+  assert per_example.shape == (6,)
+  np.testing.assert_allclose(per_example.mean(), got, rtol=1e-6)
+  # Scale does not matter (cosine similarity); swapping the views does not either.
+  np.testing.assert_allclose(losses.nt_xent(embeddings_a=jnp.asarray(3 * a), embeddings_b=jnp.asarray(b),
+                                            temperature=temperature), got, rtol=1e-5)
+  np.testing.assert_allclose(losses.nt_xent(embeddings_a=jnp.asarray(b), embeddings_b=jnp.asarray(a),
+                                            temperature=temperature), got, rtol=1e-5)
+
+
+def test_nt_xent_permutation_invariant_and_pairing_matters():
+  rng = np.random.default_rng(5)
+  a = rng.normal(size=(8, 4)).astype(np.float32)
+  b = (a + 0.3 * rng.normal(size=(8, 4))).astype(np.float32)
+  value = float(losses.nt_xent(embeddings_a=a, embeddings_b=b, temperature=0.5))
+  order = rng.permutation(8)
+  np.testing.assert_allclose(losses.nt_xent(embeddings_a=a[order], embeddings_b=b[order], temperature=0.5),
+                             value, rtol=1e-6)
+  # Breaking the pairing (b permuted alone) must change the value: here it raises it.
+  assert float(losses.nt_xent(embeddings_a=a, embeddings_b=b[order], temperature=0.5)) > value + 0.5
+
+
+def test_nt_xent_weights_remove_padding_from_negatives_and_temperature_must_be_positive():
+  rng = np.random.default_rng(6)
+  a, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+  nt_xent = jax.jit(losses.nt_xent, static_argnames="temperature")  # Jitted: eager dispatch is slow.
+  padded = nt_xent(embeddings_a=a, embeddings_b=b, temperature=0.5, weights=jnp.array([1, 1, 1, 1, 0]))
+  unpadded = nt_xent(embeddings_a=a[:4], embeddings_b=b[:4], temperature=0.5)
+  np.testing.assert_allclose(padded, unpadded, rtol=1e-6)
+  for bad in (0.0, -0.1):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+      losses.nt_xent(embeddings_a=a, embeddings_b=b, temperature=bad)
+
+
+def test_nt_xent_decreases_under_gradient_steps():
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
+  noisy = x + 0.5 * jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
+  w0 = {"w": jnp.asarray(rng.normal(size=(6, 4)) * 0.1, jnp.float32)}
+  @jax.jit
+  def fn(p):
+    return losses.nt_xent(embeddings_a=x @ p["w"], embeddings_b=noisy @ p["w"], temperature=0.5)
+
+  start, end = _decreases(fn, w0, lr=0.5)
+  assert end < start - 0.1, (start, end)
+
+
+NT_XENT_SHARDED = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+sys.path.insert(0, sys.argv[1])
+from sslx import losses, train
+assert jax.device_count() == 8
+rng = np.random.default_rng(0)
+a, b = (rng.normal(size=(32, 16)).astype(np.float32) for _ in range(2))
+loss = lambda x, y: losses.nt_xent(embeddings_a=x, embeddings_b=y, temperature=0.5)
+value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+one = jax.devices()[0]
+single, single_grads = value_and_grad(jax.device_put(a, one), jax.device_put(b, one))
+sharding = NamedSharding(train.make_mesh(), PartitionSpec("data"))
+xa, xb = jax.device_put(a, sharding), jax.device_put(b, sharding)
+sharded, sharded_grads = value_and_grad(xa, xb)
+grad_diff = max(float(np.abs(np.asarray(g) - np.asarray(h)).max())
+                for g, h in zip(single_grads, sharded_grads))
+# What negatives from each device's own 4 examples only would give.
+local = np.mean([float(loss(a[i:i + 4], b[i:i + 4])) for i in range(0, 32, 4)])
+print(json.dumps({"single": float(single), "sharded": float(sharded), "local": float(local),
+                  "grad_diff": grad_diff, "devices": len({s.device for s in xa.addressable_shards})}))
+"""
+
+
+def test_nt_xent_negatives_are_the_whole_global_batch_on_eight_devices():
+  # A subprocess: the 8 fake devices must be set before jax starts (as tests/test_train.py does).
+  import json, os, subprocess, sys  # noqa: E401
+  from pathlib import Path
+  result = subprocess.run([sys.executable, "-c", NT_XENT_SHARDED, str(Path(__file__).resolve().parents[1])],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                   XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8, report
+  assert abs(report["sharded"] - report["single"]) < 1e-5 and report["grad_diff"] < 1e-6, report
+  # Per-device negatives would give a clearly smaller loss (fewer negatives), so the check can fail.
+  assert report["local"] < report["single"] - 0.5, report

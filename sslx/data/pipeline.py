@@ -67,21 +67,47 @@ class _Indexed:
     return dict(self.source[index], index=index)
 
 
+class _Subset:
+  """The records ``source[indices[i]]`` (repeats allowed), carrying their true source index."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    index = int(self.indices[i])
+    return dict(self.source[index], index=index)
+
+
 def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, train: bool,
                  num_examples: int | None = None, process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 2, prefetch: int = 256) -> grain.IterDataset:
+                 num_threads: int = 2, prefetch: int = 256,
+                 indices: np.ndarray | None = None) -> grain.IterDataset:
   """This process's batches of ``batch_size``: endless and shuffled when training,
   one ordered pass with a smaller last batch otherwise.
 
   Every example carries ``index``, its position in the source, which pretexts
   with per-example identities (exemplar classes, cluster assignments) use.
   ``num_examples`` keeps the first n examples of the source (before sharding).
+  ``indices`` (training only) visits those source positions instead, repeats
+  allowed: an epoch chosen by a pretext (DeepCluster's uniform sampling over
+  clusters), reshuffled at each pass.
   """
   if num_examples is not None and not 0 < num_examples <= len(source):
     raise ValueError(f"num_examples {num_examples} is outside 1..{len(source)} (the source's size): "
                      f"lower --config.train_examples or use a larger dataset")
-  ds = grain.MapDataset.source(_Indexed(source))
-  if num_examples is not None:
+  if indices is not None:
+    bad = (np.asarray(indices) < 0) | (np.asarray(indices) >= len(source))
+    if bad.any():
+      raise ValueError(f"epoch indices hold {int(bad.sum())} positions outside 0..{len(source) - 1}: "
+                       f"the pretext state does not match this dataset, use a new --workdir")
+    ds = grain.MapDataset.source(_Subset(source, indices))
+  else:
+    ds = grain.MapDataset.source(_Indexed(source))
+  if num_examples is not None and indices is None:
     ds = ds[:num_examples]
   ds = ds[process_index::process_count]
   if train:

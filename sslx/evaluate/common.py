@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sslx import models
+from sslx import models, pretexts
 from sslx import train as trainer
 from sslx.data import image_ops, pipeline
 
@@ -26,6 +26,7 @@ class Run:
   step: int
   backbone: Any
   variables: dict  # {"params": ..., "batch_stats": ...} of the backbone alone.
+  state: Any = None  # The whole TrainState (head and pretext state included).
 
 
 def load_run(workdir: str, mesh=None) -> Run:
@@ -48,12 +49,33 @@ def load_run(workdir: str, mesh=None) -> Run:
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
-  return Run(config, meta, step, models.get_backbone(config.model), variables)
+  return Run(config, meta, step, models.get_backbone(config.model), variables, state)
+
+
+def backbone_input_fn(config):
+  """uint8 RGB images -> what the backbone saw in training.
+
+  The dataset-standardised RGB, unless the pretext defines ``backbone_input(images,
+  cfg)`` returning something else for images in [0, 1]: the L channel for
+  colorization, Sobel maps for DeepCluster.
+  """
+  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
+  pretext_cfg = config.get("pretext")
+  custom = getattr(pretexts.get(pretext_cfg.name), "backbone_input", None) if pretext_cfg else None
+
+  def to_input(images):
+    if custom is not None:
+      x = custom(images.astype(jnp.float32) / 255.0, pretext_cfg)
+      if x is not None:
+        return x
+    return image_ops.normalize(images, mean, std)
+
+  return to_input
 
 
 def random_init_variables(backbone, config, seed: int) -> dict:
   """The same backbone at random initialisation (BatchNorm at its initial statistics)."""
-  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  images = backbone_input_fn(config)(jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8))
   variables = backbone.init(jax.random.PRNGKey(seed), images, train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
@@ -113,7 +135,7 @@ def feature_fn(backbone, config, max_features: int):
   pretexts, whose encoders only ever saw patches. Otherwise the whole image
   goes through the encoder.
   """
-  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
+  to_input = backbone_input_fn(config)
   grid = config.evaluate.get("patch_grid") or 0
 
   @jax.jit
@@ -121,7 +143,7 @@ def feature_fn(backbone, config, max_features: int):
     batch = images.shape[0]
     if grid:
       images = grid_patches(images, grid)
-    maps = backbone.apply(variables, image_ops.normalize(images, mean, std), train=False)
+    maps = backbone.apply(variables, to_input(images), train=False)
     out = {}
     for name in models.block_names(maps):
       pooled = pool_block(maps[name], max_features)

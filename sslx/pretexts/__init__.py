@@ -10,6 +10,24 @@ checks run by the trainer before compilation) and ``model(backbone, cfg)``
 
 ``make_inputs`` receives ``batch["image"]``, float RGB in [0, 1] of shape
 ``(B, H, W, 3)``, and ``batch["index"]``, each image's position in the source.
+The trainer standardises every array keyed ``image`` in the inputs it returns.
+
+Stateful pretexts keep an explicit pytree in the train state, never inside a loss:
+- ``init_state(cfg)``: the initial state (fixed shapes); ``make_inputs`` then
+  takes ``state=`` as well.
+- ``collect(predict, batch, cfg)``: per-example arrays from one ordered pass over
+  the training set (``predict(inputs)`` runs the current model, ``train=False``);
+- ``update_state(state, collected, *, rng, cfg)``: pure, at the loop level,
+  called before step 1 and every ``update_interval(config, num_examples)``
+  steps (0: only before step 1);
+- optional ``reinit_params`` (key paths re-initialised, with their optimizer
+  state, after each update) and ``epoch_indices(state, rng, cfg)`` (the
+  training examples of the next epoch).
+
+Also optional: ``backbone_input(images, cfg)`` (what the backbone sees for
+images in [0, 1] when it is not the standardised RGB, e.g. the L channel; the
+probes use it; None means the default) and ``pictures(predict, images, *, rng,
+cfg)`` (named uint8 images for ``sslx-pictures``).
 """
 
 from __future__ import annotations

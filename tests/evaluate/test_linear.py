@@ -103,3 +103,23 @@ def test_pool_block_uneven_cells_cover_the_map():
   pooled = np.asarray(common.pool_block(x, max_features=27)).reshape(2, 3, 3, 3)
   np.testing.assert_allclose(pooled[:, 0, 1], x[:, 0:2, 1:4].mean(axis=(1, 2)), rtol=1e-5)
   np.testing.assert_allclose(pooled[:, 2, 0], x[:, 3:5, 0:2].mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_backbone_input_follows_the_pretext(sample_images):
+  from tests.conftest import tiny_config
+  images = np.asarray(sample_images[0][:4])
+  rotation_config = tiny_config()
+  standard = np.asarray(common.backbone_input_fn(rotation_config)(images))
+  images_01 = (images / 255.0).astype(np.float32)
+  np.testing.assert_allclose(standard, np.asarray(
+      (images_01 - np.asarray(rotation_config.normalize.mean)) / np.asarray(rotation_config.normalize.std)),
+      rtol=1e-5, atol=1e-5)
+  # DeepCluster's encoder saw Sobel maps in training, so the probe feeds it the same.
+  deepcluster_config = tiny_config("deepcluster_convnet_cifar10.py")
+  edges = np.asarray(common.backbone_input_fn(deepcluster_config)(images))
+  from sslx.pretexts.image import deepcluster
+  np.testing.assert_allclose(edges, np.asarray(deepcluster.sobel(images_01)), atol=1e-5)
+  variables = common.random_init_variables(common.models.get_backbone(deepcluster_config.model),
+                                           deepcluster_config, 0)
+  first = variables["params"]["block1_conv1"]["conv"]["kernel"]
+  assert first.shape[2] == 2  # Two input channels: the Sobel x and y maps.

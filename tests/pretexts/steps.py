@@ -17,11 +17,16 @@ def build(pretext, cfg, model_config=None):
   return models.PretextModel(backbone=backbone, head=pretext.head(cfg))
 
 
-def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, model_config=None, seed=0):
-  """Adam on one fixed batch (fixed pseudo-labels): the pretext loss at every step."""
+def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, model_config=None, seed=0,
+                      state=None):
+  """Adam on one fixed batch (fixed pseudo-labels): the pretext loss at every step.
+
+  ``state``: a stateful pretext's explicit state, passed to ``make_inputs``.
+  """
   model = build(pretext, cfg, model_config)
   batch = jax.tree.map(jnp.asarray, batch)
-  inputs, targets = pretext.make_inputs(jax.random.PRNGKey(seed), batch, cfg)
+  extra = {} if state is None else {"state": state}
+  inputs, targets = pretext.make_inputs(jax.random.PRNGKey(seed), batch, cfg, **extra)
   variables = model.init(jax.random.PRNGKey(seed), inputs, train=False)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.adam(learning_rate)
