@@ -5,7 +5,7 @@ Each pretext that has something to show defines
 ``predict(inputs)`` runs the trained model (``train=False``) on inputs as
 ``make_inputs`` returns them and gives the head's outputs, and ``images`` are
 real test images, float RGB in [0, 1]. This module turns those arrays into PNG
-files; ``montage`` lays out a grid of images with a thin white border. Every
+files (``sslx.evaluate.montage`` lays out the grids). Every
 run also gets its backbone's first-layer filters.
 
     sslx-pictures --workdir DIR [--count 16] [--dataset folder:PATH]
@@ -25,28 +25,7 @@ from absl import app, flags, logging
 from sslx import train as trainer
 from sslx.data import pipeline, sources
 from sslx.evaluate import common
-
-
-def montage(rows, border: int = 1) -> np.ndarray:
-  """``(R, C, H, W, 3)`` (or a list of R equal-length lists) of floats in [0, 1] -> one
-  ``uint8`` image of R x C tiles separated by ``border`` white pixels.
-
-  Greyscale tiles ``(..., H, W)`` or ``(..., H, W, 1)`` are repeated on three channels.
-  """
-  grid = np.asarray(rows, dtype=np.float32)
-  if grid.ndim == 4:
-    grid = grid[..., None]
-  if grid.ndim != 5:
-    raise ValueError(f"montage needs (rows, cols, H, W[, C]) images, got shape {grid.shape}")
-  if grid.shape[-1] == 1:
-    grid = np.repeat(grid, 3, axis=-1)
-  r, c, h, w, _ = grid.shape
-  out = np.ones((r * (h + border) + border, c * (w + border) + border, 3), np.float32)
-  for i in range(r):
-    for j in range(c):
-      top, left = border + i * (h + border), border + j * (w + border)
-      out[top:top + h, left:left + w] = grid[i, j]
-  return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+from sslx.evaluate.montage import montage  # noqa: F401  (pretexts import it from here too)
 
 
 def first_layer_filters(params) -> np.ndarray | None:

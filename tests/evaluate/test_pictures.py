@@ -3,19 +3,19 @@ import PIL.Image
 import pytest
 
 from sslx import train
-from sslx.evaluate import pictures
+from sslx.evaluate import montage, pictures
 from tests.conftest import tiny_config
 
 
 def test_montage_layout_and_border():
   red = np.zeros((2, 2, 3)); red[..., 0] = 1.0
   grey = np.full((2, 2, 1), 0.5)
-  out = pictures.montage([[red, np.repeat(grey, 3, -1)], [red, red]], border=1)
+  out = montage.montage([[red, np.repeat(grey, 3, -1)], [red, red]], border=1)
   assert out.shape == (2 * 3 + 1, 2 * 3 + 1, 3) and out.dtype == np.uint8
   assert out[0].tolist() == [[255, 255, 255]] * 7  # Border row.
   assert out[1, 1].tolist() == [255, 0, 0] and out[1, 4].tolist() == [128, 128, 128]
   with pytest.raises(ValueError, match="montage needs"):
-    pictures.montage(np.zeros((2, 2, 2)))
+    montage.montage(np.zeros((2, 2, 2)))
 
 
 def test_first_layer_filters_one_tile_per_filter():

@@ -417,7 +417,7 @@ def colorize(images, logits, temperature: float = 0.38):
 
 def pictures(predict, images, *, rng, cfg):
   """One row per image: original | L only (grey) | colorized (annealed mean, T = cfg.temperature)."""
-  from sslx.evaluate.pictures import montage
+  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, _ = make_inputs(rng, {"image": images}, cfg)
   coloured = colorize(images, predict(inputs), cfg.temperature)

@@ -343,5 +343,5 @@ def pictures(predict, images, *, rng, cfg, rows: int = 8, columns: int = 10):
   for c in order:
     members = [np.asarray(images[i]) for i in np.flatnonzero(predicted == c)[:columns]]
     grid.append(members + [blank] * (columns - len(members)))
-  from sslx.evaluate.pictures import montage
+  from sslx.evaluate.montage import montage
   return {"clusters": montage(grid)}

@@ -291,7 +291,7 @@ def loss(outputs, targets, *, cfg):
 def pictures(predict, images, *, rng, cfg):
   """One row per image: original | masked (as the network sees it) | inpainted (the
   prediction in the hole, the context elsewhere)."""
-  from sslx.evaluate.pictures import montage
+  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, targets = make_inputs(rng, {"image": images}, cfg)
   reconstruction = predict(inputs)["reconstruction"]

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from sslx import augment, losses
-from sslx.evaluate.pictures import montage
+from sslx.evaluate.montage import montage
 from sslx.models.layers import dense_bn_relu
 
 

@@ -160,7 +160,7 @@ def loss(outputs, targets, *, cfg):
 
 def pictures(predict, images, *, rng, cfg):
   """One row per image: original | low resolution (bicubic back to full size) | reconstruction."""
-  from sslx.evaluate.pictures import montage
+  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, _ = make_inputs(rng, {"image": images}, cfg)
   reconstruction = predict(inputs)["reconstruction"]
