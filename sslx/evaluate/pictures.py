@@ -13,6 +13,7 @@ run also gets its backbone's first-layer filters.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import flax
@@ -74,6 +75,20 @@ def test_images(config, *, dataset: str | None, data_dir: str | None, count: int
   return np.stack(images).astype(np.float32) / 255.0
 
 
+def train_images(config, indices) -> np.ndarray:
+  """Training images at the given source positions, centre-cropped, float [0, 1]
+  (an unreadable one shows as grey)."""
+  source = sources.get_source(config.dataset, config.train_split, config.get("data_dir"))
+  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
+                                   train=False)
+  out = []
+  for i in indices:
+    record = preprocess(source[int(i)])
+    out.append(np.full((config.image_size, config.image_size, 3), 128, np.uint8) if record is None
+               else record["image"])
+  return np.stack(out).astype(np.float32) / 255.0
+
+
 def write_pictures(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
                    count: int | None = None, seed: int = 0) -> dict[str, str]:
   """Writes ``workdir/pictures/<name>.png`` for the pretext's pictures and the first-layer
@@ -93,7 +108,13 @@ def write_pictures(workdir: str, *, dataset: str | None = None, data_dir: str | 
   pictures = {}
   if hasattr(pretext, "pictures"):
     images = jnp.asarray(test_images(config, dataset=dataset, data_dir=data_dir, count=count))
-    pictures.update(pretext.pictures(predict, images, rng=jax.random.PRNGKey(seed), cfg=config.pretext))
+    extra = {}
+    if "state" in inspect.signature(pretext.pictures).parameters:
+      # Stateful pretexts can show their state: DeepCluster its clusters of training images.
+      extra = {"state": jax.device_get(run.state.pretext_state),
+               "train_images": lambda indices: train_images(config, indices)}
+    pictures.update(pretext.pictures(predict, images, rng=jax.random.PRNGKey(seed), cfg=config.pretext,
+                                     **extra))
   filters = first_layer_filters(jax.device_get(run.state.params))
   if filters is not None:
     pictures["first_layer_filters"] = filters

@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from sslx import augment, losses
+from sslx.evaluate.montage import montage
 
 # The top layer, re-initialised after each clustering (a key path into the params).
 reinit_params = (("head", "classifier"),)
@@ -325,23 +326,42 @@ def loss(outputs, targets, *, cfg):
       "accuracy": losses.accuracy(logits=logits, labels=labels)}
 
 
-picture_images = 5000  # Enough test images for ~10 per cluster at k = 500.
+picture_images = 5000  # Without a state: enough test images for ~10 per cluster at k = 500.
 
 
-def pictures(predict, images, *, rng, cfg, rows: int = 8, columns: int = 10):
-  """Test images grouped by the cluster the trained classifier puts them in: one row per
-  cluster (the most populated first), up to ``columns`` images each."""
-  predicted = []
-  for start in range(0, len(images), 500):
-    inputs, _ = make_inputs(rng, {"image": images[start:start + 500]}, cfg)
-    predicted.append(np.asarray(jnp.argmax(predict(inputs)["logits"], axis=-1)))
-  predicted = np.concatenate(predicted)
-  clusters, sizes = np.unique(predicted, return_counts=True)
-  order = clusters[np.argsort(-sizes, kind="stable")][:rows]
+def pictures(predict, images, *, rng, cfg, state=None, train_images=None, rows: int = 8,
+             columns: int = 10):
+  """One row per cluster, the most populated first, up to ``columns`` images each.
+
+  With the run's ``state`` and ``train_images(indices) -> (n, H, W, 3)`` (as
+  ``sslx-pictures`` passes them): the last k-means assignments of the training
+  images, i.e. the pseudo-labels themselves. Without: test images grouped by the
+  cluster the classifier predicts for them.
+  """
+  if state is not None and train_images is not None:
+    assignments = np.asarray(state["assignments"])
+    clusters, sizes = np.unique(assignments, return_counts=True)
+    order = clusters[np.argsort(-sizes, kind="stable")][:rows]
+    # A random sample of each cluster: sources are often class-sorted, so the first
+    # members would all share the first class present.
+    sampler = np.random.default_rng(0)
+    members = [sampler.permutation(np.flatnonzero(assignments == c))[:columns] for c in order]
+    loaded = np.asarray(train_images(np.concatenate(members)))
+    groups, start = [], 0
+    for m in members:
+      groups.append(list(loaded[start:start + len(m)]))
+      start += len(m)
+    name = "clusters"
+  else:
+    predicted = []
+    for start in range(0, len(images), 500):
+      inputs, _ = make_inputs(rng, {"image": images[start:start + 500]}, cfg)
+      predicted.append(np.asarray(jnp.argmax(predict(inputs)["logits"], axis=-1)))
+    predicted = np.concatenate(predicted)
+    clusters, sizes = np.unique(predicted, return_counts=True)
+    order = clusters[np.argsort(-sizes, kind="stable")][:rows]
+    groups = [[np.asarray(images[i]) for i in np.flatnonzero(predicted == c)[:columns]] for c in order]
+    name = "predicted_clusters"
   blank = np.ones(images.shape[1:], np.float32)
-  grid = []
-  for c in order:
-    members = [np.asarray(images[i]) for i in np.flatnonzero(predicted == c)[:columns]]
-    grid.append(members + [blank] * (columns - len(members)))
-  from sslx.evaluate.montage import montage
-  return {"clusters": montage(grid)}
+  grid = [g + [blank] * (columns - len(g)) for g in groups]
+  return {name: montage(grid)}

@@ -178,3 +178,18 @@ def test_trainer_reclusters_each_epoch_and_resumes_exactly(tmp_path, monkeypatch
   for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.pretext_state)),
                   jax.tree.leaves((straight.params, straight.opt_state, straight.pretext_state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_pictures_show_the_largest_clusters_of_training_images():
+  assignments = np.asarray([2, 0, 2, 1, 2, 0], np.int32)
+  # Image i is flat with value i / 10, so every tile tells which training image it is.
+  load = lambda idx: np.stack([np.full((4, 4, 3), i / 10.0, np.float32) for i in idx])  # noqa: E731
+  out = deepcluster.pictures(None, np.zeros((1, 4, 4, 3), np.float32), rng=jax.random.PRNGKey(0),
+                             cfg=deepcluster.default_config(), state={"assignments": assignments},
+                             train_images=load, columns=3)["clusters"]
+  assert out.shape == (3 * 5 + 1, 3 * 5 + 1, 3)
+  tile = lambda r, c: out[1 + 5 * r, 1 + 5 * c, 0]  # noqa: E731
+  # Rows: cluster 2 (images 0, 2, 4 in a random order), cluster 0 (1, 5, blank), cluster 1 (3, blanks).
+  assert sorted(tile(0, c) for c in range(3)) == [0, 51, 102]
+  assert sorted(tile(1, c) for c in range(2)) == [26, 128] and tile(1, 2) == 255
+  assert [tile(2, c) for c in range(3)] == [77, 255, 255]
