@@ -193,11 +193,13 @@ def updates_state(pretext) -> bool:
 
 
 def refresh_due(pretext, config, step: int, num_examples: int) -> bool:
-  """Refresh before step 1 and then every ``update_interval`` steps (0: never again)."""
+  """Refresh before step 1 and then every ``update_interval`` steps (0: never again), but not
+  for a last partial epoch: a head re-initialised then would end the run untrained."""
   if not updates_state(pretext):
     return False
   interval = pretext.update_interval(config, num_examples)
-  return step == 1 or (interval > 0 and (step - 1) % interval == 0)
+  return step == 1 or (interval > 0 and (step - 1) % interval == 0
+                       and step + interval - 1 <= config.total_steps)
 
 
 def epoch_of(pretext, config, step: int, num_examples: int) -> int:
