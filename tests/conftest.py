@@ -43,3 +43,22 @@ def trained_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   state, metrics = train.train(tiny_config(), workdir)
   return workdir, state, metrics
+
+
+def train_until_killed(config, workdir, monkeypatch, *, kill_at_batch: int, batch_size=None):
+  """Runs train.train and kills it while the ``kill_at_batch``-th training batch is assembled
+  (counting only batches of ``batch_size`` rows when given, so other passes don't count)."""
+  from sslx.data import pipeline
+  real_to_global, calls = pipeline.to_global, []
+
+  def crashing_to_global(batch, mesh):
+    if batch_size is None or len(batch["image"]) == batch_size:
+      calls.append(1)
+      if len(calls) == kill_at_batch:
+        raise KeyboardInterrupt("simulated kill")
+    return real_to_global(batch, mesh)
+
+  monkeypatch.setattr(pipeline, "to_global", crashing_to_global)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(config, workdir)
+  monkeypatch.setattr(pipeline, "to_global", real_to_global)

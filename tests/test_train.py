@@ -11,9 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from sslx import train
-from sslx.data import pipeline
 from sslx.evaluate import common
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config, train_until_killed
 
 EXPERIMENTS = sorted(p.name for p in (REPO / "experiments").glob("*.py"))
 
@@ -57,18 +56,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   straight, _ = train.train(config, str(tmp_path / "straight"))
 
   # Crash while assembling the 4th batch: the checkpoint of step 2 is the last good one.
-  real_to_global, calls = pipeline.to_global, []
-
-  def crashing_to_global(batch, mesh):
-    calls.append(1)
-    if len(calls) == 4:
-      raise KeyboardInterrupt("simulated kill")
-    return real_to_global(batch, mesh)
-
-  monkeypatch.setattr(pipeline, "to_global", crashing_to_global)
-  with pytest.raises(KeyboardInterrupt):
-    train.train(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(pipeline, "to_global", real_to_global)
+  train_until_killed(config, str(tmp_path / "resumed"), monkeypatch, kill_at_batch=4)
   assert train.checkpoint_manager(str(tmp_path / "resumed")).latest_step() == 2
 
   resumed, _ = train.train(config, str(tmp_path / "resumed"))

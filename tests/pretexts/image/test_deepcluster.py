@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from sslx import pretexts, train
-from sslx.data import pipeline
 from sslx.pretexts.image import deepcluster
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_until_killed
 from tests.pretexts import steps
 
 
@@ -161,19 +160,8 @@ def test_trainer_reclusters_each_epoch_and_resumes_exactly(tmp_path, monkeypatch
 
   # Crash while assembling the 5th training batch: step 3's checkpoint is the last good one,
   # and the resumed run continues mid-epoch (step 4) with the restored clusters and iterator.
-  real_to_global, calls = pipeline.to_global, []
-
-  def crashing_to_global(batch, mesh):
-    if len(batch["image"]) == config.batch_size:
-      calls.append(1)
-      if len(calls) == 5:
-        raise KeyboardInterrupt("simulated kill")
-    return real_to_global(batch, mesh)
-
-  monkeypatch.setattr(pipeline, "to_global", crashing_to_global)
-  with pytest.raises(KeyboardInterrupt):
-    train.train(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(pipeline, "to_global", real_to_global)
+  train_until_killed(config, str(tmp_path / "resumed"), monkeypatch, kill_at_batch=5,
+                     batch_size=config.batch_size)
   assert train.checkpoint_manager(str(tmp_path / "resumed")).latest_step() == 3
   resumed, _ = train.train(config, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.pretext_state)),
