@@ -207,16 +207,10 @@ def epoch_of(pretext, config, step: int, num_examples: int) -> int:
   return (step - 1) // interval if interval > 0 else 0
 
 
-def collect_over_training_set(config, model, pretext, state, source, *, batch_size: int) -> dict:
-  """One ordered, unaugmented pass of this process's shard through ``pretext.collect``,
-  gathered from every process: {name: (N, ...)} for the whole training set."""
+def make_collect_fn(config, model, pretext):
+  """Jitted (variables, uint8 batch) -> ``pretext.collect``'s arrays; built once per run,
+  so every refresh reuses one compilation."""
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
-  local_mesh = make_mesh(jax.local_devices())
-  batch_size = -(-batch_size // local_mesh.devices.size) * local_mesh.devices.size
-  replicated = NamedSharding(local_mesh, PartitionSpec())
-  # A host copy moved onto this process's devices: the pass needs no collectives.
-  variables = jax.device_put(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
-                             replicated)
 
   @jax.jit
   def collect(variables, batch):
@@ -225,6 +219,18 @@ def collect_over_training_set(config, model, pretext, state, source, *, batch_si
     images = batch["image"].astype(jnp.float32) / 255.0
     return pretext.collect(predict, {"image": images, "index": batch["index"]}, config.pretext)
 
+  return collect
+
+
+def collect_over_training_set(config, collect, state, source, *, batch_size: int) -> dict:
+  """One ordered, unaugmented pass of this process's shard through ``collect`` (see
+  make_collect_fn), gathered from every process: {name: (N, ...)} for the whole training set."""
+  local_mesh = make_mesh(jax.local_devices())
+  batch_size = -(-batch_size // local_mesh.devices.size) * local_mesh.devices.size
+  replicated = NamedSharding(local_mesh, PartitionSpec())
+  # A host copy moved onto this process's devices: the pass needs no collectives.
+  variables = jax.device_put(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
+                             replicated)
   preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
                                    train=False)
   dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False,
@@ -267,11 +273,11 @@ def reinitialize(tree, fresh, paths, *, zero: bool):
   return jax.tree_util.tree_map_with_path(lambda path, x, y: y if under(path) else x, tree, fresh)
 
 
-def refresh_pretext_state(config, model, pretext, state, source, *, state_sharding, step: int,
-                          fresh_params_fn):
+def refresh_pretext_state(config, pretext, state, source, *, state_sharding, step: int,
+                          collect_fn, fresh_params_fn):
   """The loop-level refresh: collect over the training set, ``update_state``, then
   re-initialise the parameters the pretext names (and their optimizer state)."""
-  collected = collect_over_training_set(config, model, pretext, state, source,
+  collected = collect_over_training_set(config, collect_fn, state, source,
                                         batch_size=config.evaluate.batch_size)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
   new_pretext_state = pretext.update_state(jax.device_get(state.pretext_state), collected,
@@ -391,6 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
 
   init_fn = train_state_init_fn(config, model, pretext, tx)
   fresh_params = jax.jit(lambda rng: init_fn(rng).params)
+  collect_fn = make_collect_fn(config, model, pretext) if updates_state(pretext) else None
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
                        disable=jax.process_index() != 0 or not config.get("progress_bar", True))
   last_metrics: dict[str, float] = {}
@@ -399,8 +406,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   try:
     for step in range(start_step + 1, config.total_steps + 1):
       if refresh_due(pretext, config, step, num_examples):
-        state = refresh_pretext_state(config, model, pretext, state, source, state_sharding=state_sharding,
-                                      step=step, fresh_params_fn=fresh_params)
+        state = refresh_pretext_state(config, pretext, state, source, state_sharding=state_sharding,
+                                      step=step, collect_fn=collect_fn, fresh_params_fn=fresh_params)
         if hasattr(pretext, "epoch_indices"):
           data_iter = make_train_iterator(config, source, preprocess, pretext, state.pretext_state,
                                           epoch=epoch_of(pretext, config, step, num_examples))
