@@ -59,6 +59,55 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def base_video() -> ml_collections.ConfigDict:
+  """``base()`` plus the host's clip sampling (sslx/data/video.py), for egogestar on a CPU.
+
+  Clips are resampled to 10 fps, the lowest native rate in egogestar (so no
+  frame is ever repeated) and one at which its 1-9 s gestures span 11-94 frames.
+  """
+  c = base()
+  c.dataset = "folder:../shared/data/egogestar"
+  c.video = ml_collections.ConfigDict({
+      "fps": 10.0,
+      "num_frames": 8,  # Frames delivered per clip (the pretext says how many it needs).
+      "frame_stride": 1,  # In resampled frames.
+      "sampling": "motion",  # 'motion': among high-motion windows; 'random': any window.
+      "motion": "flow",  # 'flow': mean Farneback magnitude; 'diff': mean frame difference.
+      "motion_quantile": 0.5,  # Windows at or above this quantile of the clip's motion.
+      "cache_mb": 2048,  # Decoded-frame cache per process (0: decode every time, seeking).
+      "test_every": 4,  # Folders without split folders: every 4th clip per class is test.
+      # tfds: video datasets whose records carry no timestamps: their frame rate (None: known
+      # rates, UCF101 25 fps).
+      "source_fps": ml_collections.config_dict.placeholder(float),
+  })
+  c.image_size = 64
+  c.resize_size = 72  # Shorter side before the (per-clip) random crop; 640x480 -> 96x72.
+  c.crop_padding = 0
+  c.normalize = ml_collections.ConfigDict(
+      {"mean": image_ops.IMAGENET_MEAN, "std": image_ops.IMAGENET_STD})
+  c.batch_size = 32
+  c.evaluate.batch_size = 32
+  c.evaluate.num_clips = 10  # Test-time clips per video, averaged (multi-clip protocol).
+  # Frames per evaluated clip; None: video.num_frames. A tuple pretext's window can be longer
+  # than the clips its backbone saw (VCOP: 3 clips of 16 frames, 8 apart, in a 64-frame window).
+  c.evaluate.num_frames = ml_collections.config_dict.placeholder(int)
+  c.evaluate.retrieval_k = (1, 5, 10, 20, 50)
+  return c
+
+
+def quick_video(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Two steps of a tiny model on the embedded clip sample (sslx/data/sample_video)."""
+  c = quick(c)
+  c.dataset = "sample_video"
+  c.image_size = 32
+  c.resize_size = 36
+  c.batch_size = 4
+  c.evaluate.batch_size = 8
+  c.evaluate.num_clips = 2
+  c.video.cache_mb = 256
+  return c
+
+
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Two steps of a tiny model on the embedded sample: a smoke run, not an experiment."""
   c.dataset = "sample"
@@ -70,7 +119,7 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.model.name == "convnet":
     c.model.widths = (8, 16, 16)
   else:
-    c.model.width = 0.125
+    c.model.width = 0.125 if c.model.name != "c3d" else 0.0625
   c.batch_size = 16
   c.total_steps = 2
   c.optimizer.warmup_steps = 1

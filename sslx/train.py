@@ -33,7 +33,7 @@ from ml_collections import config_flags
 
 import sslx
 from sslx import models, pretexts
-from sslx.data import image_ops, pipeline, sources
+from sslx.data import image_ops, pipeline, sources, video
 
 
 @flax.struct.dataclass
@@ -99,10 +99,35 @@ def build_model(config) -> tuple[Any, Any]:
   return pretext, models.PretextModel(backbone=backbone, head=pretext.head(config.pretext))
 
 
+def media_key(config) -> str:
+  """What a batch holds: "video" (B, T, H, W, 3) clips when the config has a ``video``
+  section, else "image" (B, H, W, 3)."""
+  return "video" if config.get("video") is not None else "image"
+
+
 def example_batch(config, batch_size: int = 2) -> dict:
   """Abstract batch as ``make_inputs`` receives it: RGB in [0, 1] and source indices."""
-  return {"image": jax.ShapeDtypeStruct((batch_size, config.image_size, config.image_size, 3), jnp.float32),
+  frames = (config.video.num_frames,) if media_key(config) == "video" else ()
+  shape = (batch_size,) + frames + (config.image_size, config.image_size, 3)
+  return {media_key(config): jax.ShapeDtypeStruct(shape, jnp.float32),
           "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+
+def make_preprocess(config, source, *, train: bool, num_clips: int = 1):
+  """The host preprocessing for this config's media, checked against the source's kind
+  (``num_clips``: clips per video at evaluation, spread evenly over it)."""
+  is_video_source = isinstance(source, (video.VideoFolderSource, video.TfdsVideoSource))
+  if media_key(config) == "video":
+    if not is_video_source:
+      raise ValueError(f"the config has a video section but dataset {config.dataset!r} holds images: "
+                       f"point --config.dataset at a folder of clips, or use an image config")
+    return video.preprocess_from_config(config, train=train, num_clips=num_clips)
+  if is_video_source:
+    raise ValueError(f"dataset {config.dataset!r} holds video clips but the config has no video section: "
+                     f"start the config from configs.base_video()")
+  return pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
+                             crop_padding=config.crop_padding if train else 0,
+                             flip=config.flip and train, train=train)
 
 
 def is_stateful(pretext) -> bool:
@@ -145,10 +170,11 @@ def create_train_state(config, model, pretext, tx, mesh):
 
 
 def standardize_inputs(inputs, mean, std):
-  """Standardises every array named ``image`` in a pretext's inputs (nested for multi-task)."""
+  """Standardises every array named ``image`` or ``video`` in a pretext's inputs (nested for
+  multi-task); channels last, so one mean and std per channel serve both."""
   def visit(path, x):
     last = path[-1]
-    return image_ops.standardize(x, mean, std) if getattr(last, "key", None) == "image" else x
+    return image_ops.standardize(x, mean, std) if getattr(last, "key", None) in ("image", "video") else x
   return jax.tree_util.tree_map_with_path(visit, inputs)
 
 
@@ -159,14 +185,16 @@ def make_train_step(config, model, pretext, tx, schedule):
     rng = jax.random.fold_in(state.rng, state.step)
     # Pretexts see RGB in [0, 1] (colour ops need it); the network sees their
     # outputs standardised with the dataset's statistics, as evaluation does.
-    images = batch["image"].astype(jnp.float32) / 255.0
-    inputs, targets = pretext.make_inputs(rng, dict(batch, image=images), config.pretext,
+    key = media_key(config)
+    media = batch[key].astype(jnp.float32) / 255.0
+    inputs, targets = pretext.make_inputs(rng, dict(batch, **{key: media}), config.pretext,
                                           **pretext_state_kwargs(pretext, state.pretext_state))
     inputs = standardize_inputs(inputs, mean, std)
 
     def loss_fn(params):
       (outputs, _), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                          inputs, train=True, mutable=["batch_stats"])
+                                          inputs, train=True, mutable=["batch_stats"],
+                                          rngs={"dropout": jax.random.fold_in(rng, 1)})
       loss, metrics = pretext.loss(outputs, targets, cfg=config.pretext)
       return loss, (metrics, updates["batch_stats"])
 
@@ -216,8 +244,9 @@ def make_collect_fn(config, model, pretext):
   def collect(variables, batch):
     def predict(inputs):
       return model.apply(variables, standardize_inputs(inputs, mean, std), train=False)[0]
-    images = batch["image"].astype(jnp.float32) / 255.0
-    return pretext.collect(predict, {"image": images, "index": batch["index"]}, config.pretext)
+    key = media_key(config)
+    media = batch[key].astype(jnp.float32) / 255.0
+    return pretext.collect(predict, {key: media, "index": batch["index"]}, config.pretext)
 
   return collect
 
@@ -231,17 +260,17 @@ def collect_over_training_set(config, collect, state, source, *, batch_size: int
   # A host copy moved onto this process's devices: the pass needs no collectives.
   variables = jax.device_put(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
                              replicated)
-  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
-                                   train=False)
+  preprocess = make_preprocess(config, source, train=False)
+  key = media_key(config)
   dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False,
                                   num_examples=config.get("train_examples"),
                                   process_index=jax.process_index(), process_count=jax.process_count())
   parts: dict[str, list] = {}
   for batch in dataset:
     n = len(batch["index"])
-    padded = pipeline.pad_batch({"image": batch["image"], "index": batch["index"],
+    padded = pipeline.pad_batch({key: batch[key], "index": batch["index"],
                                  "label": batch["label"]}, batch_size)
-    local = pipeline.to_global({"image": padded["image"], "index": padded["index"]}, local_mesh)
+    local = pipeline.to_global({key: padded[key], "index": padded["index"]}, local_mesh)
     for name, value in jax.device_get(collect(variables, local)).items():
       parts.setdefault(name, []).append(np.asarray(value)[:n])
   collected = {name: np.concatenate(values) for name, values in parts.items()}
@@ -346,10 +375,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
                      f"set --config.batch_size to a multiple of {num_devices}")
 
   # Data: this process's shard, its own preprocessing, batches of the local size.
-  source = sources.get_source(config.dataset, config.train_split, config.get("data_dir"))
-  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
-                                   crop_padding=config.crop_padding, flip=config.flip, train=True)
+  source = sources.from_config(config, config.train_split)
+  preprocess = make_preprocess(config, source, train=True)
   num_examples = config.get("train_examples") or len(source)
+  if media_key(config) == "video":
+    # Metadata only: a clear error now if no clip holds a window, rather than an endless filter.
+    clip_counts = video.check_lengths(source, fps=config.video.fps, span=preprocess.span)
+    if (clip_counts["short"] or clip_counts["unreadable"]) and jax.process_index() == 0:
+      logging.warning("%d of %d clips are shorter than the %d-frame window and %d unreadable: "
+                      "they are skipped.", clip_counts["short"], len(source), preprocess.span,
+                      clip_counts["unreadable"])
 
   pretext, model = build_model(config)
   if hasattr(pretext, "validate"):
@@ -421,8 +456,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
         tick = time.perf_counter()  # Throughput counts training, not the refresh pass.
       local = next(data_iter)
       previous_metrics = metrics
-      state, metrics = train_step(state, pipeline.to_global({"image": local["image"],
-                                                            "index": local["index"]}, mesh))
+      key = media_key(config)
+      state, metrics = train_step(state, pipeline.to_global({key: local[key], "index": local["index"]}, mesh))
       # One step in flight: the host prepares the next batch while the device
       # computes, without queueing unboundedly many steps (and batches) ahead.
       jax.block_until_ready(previous_metrics)
@@ -430,9 +465,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       if step % config.log_every == 0 or step == config.total_steps:
         last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        # Source images per second (the pretext may turn each into several inputs).
+        # Source examples (images or clips) per second; the pretext may turn each into several inputs.
         last_metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
-        last_metrics["skipped_images"] = preprocess.skipped
+        if isinstance(preprocess, video.VideoPreprocess):
+          last_metrics["skipped_clips_short"] = preprocess.skipped_short
+          last_metrics["skipped_clips_unreadable"] = preprocess.skipped_unreadable
+        else:
+          last_metrics["skipped_images"] = preprocess.skipped
         tick, tick_step = now, step
         shown = {"loss": f"{last_metrics['loss']:.3f}"}
         if "accuracy" in last_metrics:  # Regression pretexts have none.
@@ -453,7 +492,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     if writer is not None:
       writer.close()
   if preprocess.skipped:
-    logging.warning("Skipped %d unreadable images.", preprocess.skipped)
+    logging.warning("Skipped %d unreadable or too short %s.", preprocess.skipped,
+                    "clips" if media_key(config) == "video" else "images")
   return state, last_metrics
 
 

@@ -36,6 +36,28 @@ def tiny_config(name="rotation_convnet_sample.py"):
   return config
 
 
+def tiny_video_config():
+  """A quick OPN run on the embedded clip sample: per-frame ConvNet, 7-frame windows."""
+  from sslx import configs
+  from sslx.pretexts.video import opn
+  c = configs.base_video()
+  c.pretext = opn.default_config()
+  c.pretext.crop_size, c.pretext.max_jitter = 28, 2
+  c.video.num_frames = 7
+  c = configs.quick_video(c)
+  c.progress_bar = False
+  return c
+
+
+@pytest.fixture(scope="session")
+def trained_video_workdir(tmp_path_factory):
+  """A two-step quick video run: its workdir and final state."""
+  from sslx import train
+  workdir = str(tmp_path_factory.mktemp("video_run"))
+  state, metrics = train.train(tiny_video_config(), workdir)
+  return workdir, state, metrics
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
   """A two-step quick rotation run: its workdir and final state."""
@@ -52,7 +74,8 @@ def train_until_killed(config, workdir, monkeypatch, *, kill_at_batch: int, batc
   real_to_global, calls = pipeline.to_global, []
 
   def crashing_to_global(batch, mesh):
-    if batch_size is None or len(batch["image"]) == batch_size:
+    rows = len(batch["video"] if "video" in batch else batch["image"])
+    if batch_size is None or rows == batch_size:
       calls.append(1)
       if len(calls) == kill_at_batch:
         raise KeyboardInterrupt("simulated kill")

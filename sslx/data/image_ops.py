@@ -15,6 +15,9 @@ from PIL import Image
 # CIFAR-10 statistics of RGB in [0, 1]; ImageNet's are close enough for other data.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# ImageNet's statistics, the usual choice for video (Kinetics/UCF101 models use them too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def decode(image) -> np.ndarray | None:

@@ -4,7 +4,11 @@
   (sslx/data/sample, copied from ../shared/data/cifar10), so the first run
   works offline anywhere.
 - ``folder:PATH``: ``PATH/<split>/<class>/<image>`` (PNG or JPEG). Images lying
-  directly in ``PATH/<split>`` are read as unlabeled (label -1).
+  directly in ``PATH/<split>`` are read as unlabeled (label -1). A folder of
+  video clips (``<class>/<clip>.mp4`` or ``<split>/<class>/<clip>``) is read by
+  ``sslx.data.video.VideoFolderSource``.
+- ``sample_video``: 33 short egogestar gesture clips shipped in the package
+  (sslx/data/sample_video, re-encoded small), for quick video runs.
 - ``tfds:NAME``: a TFDS dataset prepared as ArrayRecord (``tfds build NAME
   --file_format=array_record``), read through ``tfds.data_source``, which needs
   no TensorFlow and gives grain random access.
@@ -87,12 +91,38 @@ class TfdsSource:
     return {"image": record["image"], "label": int(record.get("label", -1))}
 
 
-def get_source(spec: str, split: str, data_dir: str | None = None):
-  """Parses a dataset spec ('sample', 'folder:PATH', 'tfds:NAME') into a source."""
+def get_source(spec: str, split: str, data_dir: str | None = None, *, test_every: int = 4,
+               video_fps: float | None = None, is_video: bool = False):
+  """Parses a dataset spec ('sample', 'sample_video', 'folder:PATH', 'tfds:NAME') into a source.
+
+  A folder holding video files (sslx/data/video.py's extensions) gives a
+  ``VideoFolderSource`` (``test_every``: its split by clip when the folder has
+  no split folders), one of images a ``FolderSource``. ``tfds:NAME`` is read
+  as video (``TfdsVideoSource``, frames at ``video_fps`` or the dataset's known
+  rate) when ``is_video``.
+  """
+  from sslx.data import video  # Imported here: PyAV and OpenCV are only needed for video.
   if spec == "sample":
     return FolderSource(SAMPLE_DIR, split)
+  if spec == "sample_video":
+    return video.VideoFolderSource(video.SAMPLE_VIDEO_DIR, split, test_every=test_every)
   if spec.startswith("folder:"):
-    return FolderSource(os.path.expanduser(spec[len("folder:"):]), split)
+    root = os.path.expanduser(spec[len("folder:"):])
+    if video.is_video_folder(root):
+      return video.VideoFolderSource(root, split, test_every=test_every)
+    return FolderSource(root, split)
   if spec.startswith("tfds:"):
+    if is_video:
+      return video.TfdsVideoSource(spec[len("tfds:"):], split, data_dir, fps=video_fps)
     return TfdsSource(spec[len("tfds:"):], split, data_dir)
   raise ValueError(f"unknown dataset spec {spec!r}: use 'sample', 'folder:PATH' or 'tfds:NAME'")
+
+
+def from_config(config, split: str, *, dataset: str | None = None, data_dir: str | None = None):
+  """The source for ``split`` of an experiment config's dataset (or of ``dataset`` /
+  ``data_dir`` when given), with the config's video split rule."""
+  video_config = config.get("video")
+  test_every = video_config.get("test_every", 4) if video_config is not None else 4
+  return get_source(dataset or config.dataset, split, data_dir or config.get("data_dir"),
+                    test_every=test_every, is_video=video_config is not None,
+                    video_fps=video_config.get("source_fps") if video_config is not None else None)

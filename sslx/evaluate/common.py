@@ -1,4 +1,12 @@
-"""Shared by the evaluation scripts: restore a backbone, extract pooled block features."""
+"""Shared by the evaluation scripts: restore a backbone, extract pooled block features.
+
+Video runs (a config with a ``video`` section) get one feature vector per
+video: ``evaluate.num_clips`` clips spread evenly over it (centre crops), each
+encoded (a 3D backbone sees the clip, a per-frame 2D backbone each frame), the
+features average-pooled over time and space as for images, then averaged over
+the frames and clips: the multi-clip protocol of VCOP (Xu et al. 2019) and most
+video SSL papers.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +60,14 @@ def load_run(workdir: str, mesh=None) -> Run:
   return Run(config, meta, step, models.get_backbone(config.model), variables, state)
 
 
+def for_evaluation(config):
+  """The run's config as evaluation uses it: clips of ``evaluate.num_frames`` frames when set."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.get("video") is not None and config.evaluate.get("num_frames"):
+    config.video.num_frames = config.evaluate.num_frames
+  return config
+
+
 def backbone_input_fn(config):
   """uint8 RGB images -> what the backbone saw in training.
 
@@ -73,9 +89,16 @@ def backbone_input_fn(config):
   return to_input
 
 
+def takes_video(backbone) -> bool:
+  """3D backbones (C3D, R3D) take (N, T, H, W, 3) clips; 2D ones single images."""
+  return getattr(backbone, "takes_video", False)
+
+
 def random_init_variables(backbone, config, seed: int) -> dict:
   """The same backbone at random initialisation (BatchNorm at its initial statistics)."""
-  images = backbone_input_fn(config)(jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8))
+  frames = (config.video.num_frames,) if takes_video(backbone) else ()
+  images = backbone_input_fn(config)(jnp.zeros((1,) + frames + (config.image_size, config.image_size, 3),
+                                               jnp.uint8))
   variables = backbone.init(jax.random.PRNGKey(seed), images, train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
@@ -137,6 +160,8 @@ def feature_fn(backbone, config, max_features: int):
   """
   to_input = backbone_input_fn(config)
   grid = config.evaluate.get("patch_grid") or 0
+  if trainer.media_key(config) == "video":
+    return video_feature_fn(backbone, to_input, max_features)
 
   @jax.jit
   def features(variables, images):
@@ -153,6 +178,28 @@ def feature_fn(backbone, config, max_features: int):
   return features
 
 
+def video_feature_fn(backbone, to_input, max_features: int):
+  """A jitted clips(uint8, (B, [K,] T, H, W, 3)) -> {block: (B, D)}, averaged over the K clips
+  and, for a 2D backbone, the T frames; a 3D backbone's maps are averaged over time first."""
+  three_d = takes_video(backbone)
+
+  @jax.jit
+  def features(variables, clips):
+    batch, frame_shape = clips.shape[0], clips.shape[-4:]  # (T, H, W, 3)
+    x = clips.reshape((-1,) + (frame_shape if three_d else frame_shape[1:]))
+    maps = backbone.apply(variables, to_input(x), train=False)
+    out = {}
+    for name in models.block_names(maps):
+      block = maps[name].astype(jnp.float32)
+      if three_d:
+        block = block.mean(axis=1)  # (N, T', H', W', C) -> (N, H', W', C)
+      pooled = pool_block(block, max_features)
+      out[name] = pooled.reshape(batch, -1, pooled.shape[-1]).mean(axis=1)
+    return out
+
+  return features
+
+
 def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: int, mesh):
   """One pass over ``source``: {model_name: {block: (N, D) features}}, labels (N,), skipped count.
 
@@ -160,15 +207,16 @@ def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: i
   so every batch compiles to the same shape.
   """
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-  preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
-                                   train=False)
+  preprocess = trainer.make_preprocess(config, source, train=False,
+                                       num_clips=config.evaluate.get("num_clips", 1))
+  key = trainer.media_key(config)
   dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False)
   out = {name: {} for name in feature_fns}
   labels = []
   for batch in dataset:
     n = len(batch["label"])
-    padded = pipeline.pad_batch(batch, batch_size)
-    images = pipeline.to_global({"image": padded["image"]}, mesh)["image"]
+    padded = pipeline.pad_batch({k: batch[k] for k in (key, "label", "index")}, batch_size)
+    images = pipeline.to_global({key: padded[key]}, mesh)[key]
     for name, fn in feature_fns.items():
       for block, value in jax.device_get(fn(variables[name], images)).items():
         out[name].setdefault(block, []).append(np.asarray(value[:n]))

@@ -71,6 +71,10 @@ def train_linear(train_x, train_y, test_x, test_y, *, num_classes: int, epochs: 
           "train_accuracy": float(accuracy(params, train_x, train_y))}
 
 
+def _unit(config) -> str:
+  return "videos" if trainer.media_key(config) == "video" else "images"
+
+
 def markdown_table(results: dict) -> str:
   lines = ["| block | dims | pretrained top-1 (%) | random init top-1 (%) | gain (points) |",
            "|---|---|---|---|---|"]
@@ -89,6 +93,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   so that both protocols of one checkpoint can sit side by side.
   """
   run = common.load_run(workdir)
+  run.config = common.for_evaluation(run.config)
   cfg = run.config.evaluate
   stem = "linear"
   if patch_grid is not None:
@@ -107,13 +112,13 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
                "random_init": common.random_init_variables(run.backbone, run.config, cfg.seed)}
   splits, num_classes, skipped = {}, 0, 0
   for split in (cfg.train_split, cfg.test_split):
-    source = sources.get_source(dataset, split, data_dir)
+    source = sources.from_config(run.config, split, dataset=dataset, data_dir=data_dir)
     num_classes = max(num_classes, source.num_classes)
     features, labels, n_skipped = common.extract(source, run.config, fns, variables,
                                                  batch_size=cfg.batch_size, mesh=mesh)
     if (labels < 0).any():
       raise ValueError(f"linear evaluation needs labels, but {dataset} split {split!r} has "
-                       f"{int((labels < 0).sum())} unlabeled images: pass --dataset with a labeled one")
+                       f"{int((labels < 0).sum())} unlabeled examples: pass --dataset with a labeled one")
     splits[split] = (features, labels)
     skipped += n_skipped
 
@@ -139,7 +144,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   table = markdown_table(results)
   with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
     f.write(f"Linear probe, {dataset}, checkpoint step {run.step}, {len(train_y)} train / "
-            f"{len(test_y)} test images\n\n{table}\n")
+            f"{len(test_y)} test {_unit(run.config)}\n\n{table}\n")
   return results
 
 
@@ -164,7 +169,7 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sslx-linear: error: {e}") from None
   print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
-        f"{results['train_examples']} train / {results['test_examples']} test images)\n")
+        f"{results['train_examples']} train / {results['test_examples']} test examples)\n")
   print(markdown_table(results))
   print(f"\nWritten to {results['written_to']}")
 

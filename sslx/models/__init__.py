@@ -4,7 +4,9 @@ A backbone is found by name: ``model.name = "resnet"`` imports
 ``sslx.models.resnet`` and builds its ``Backbone`` from the remaining fields of
 the model config. Every backbone maps images ``(B, H, W, 3)`` to a dict of
 feature maps, one per block (``"block1"``, ``"block2"``, ...), plus
-``"pooled"``: the global average of the last block, ``(B, C)``.
+``"pooled"``: the global average of the last block, ``(B, C)``. 3D backbones
+(``c3d``, ``r3d``) map clips ``(B, T, H, W, 3)`` to 5D maps and mark themselves
+with the class attribute ``takes_video = True``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def get_backbone(model_config) -> nn.Module:
   try:
     module = importlib.import_module(f"sslx.models.{name}")
   except ModuleNotFoundError:
-    raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet' "
+    raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet', 'c3d', 'r3d' "
                      f"(a module under sslx/models/)") from None
   if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
@@ -53,5 +55,7 @@ class PretextModel(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, *, train: bool):
-    features = self.backbone(inputs["image"], train=train)
+    # "image": (N, H, W, C) for 2D backbones (video frames on the batch axis for
+    # per-frame siamese encoders); "video": (N, T, H, W, C) for 3D backbones.
+    features = self.backbone(inputs["video"] if "video" in inputs else inputs["image"], train=train)
     return self.head(features, train=train), features

@@ -51,3 +51,36 @@ def flatten_last_block(features: dict):
   names = sorted((k for k in features if k.startswith("block")), key=lambda k: int(k[len("block"):]))
   last = features[names[-1]]
   return last.reshape(last.shape[0], -1).astype(jnp.float32)
+
+
+class ConvBN3D(nn.Module):
+  """3D convolution (no bias), BatchNorm, optional ReLU, on ``(B, T, H, W, C)``.
+
+  A 1x1x1 convolution is a Dense layer over channels, as in ``ConvBN``; with
+  SAME padding a strided one reads exactly the voxels at multiples of the
+  stride, so it is a strided slice and then that Dense layer (R3D's shortcuts).
+  """
+  features: int
+  kernel_size: tuple[int, int, int] = (3, 3, 3)
+  strides: tuple[int, int, int] = (1, 1, 1)
+  relu: bool = True
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if tuple(self.kernel_size) == (1, 1, 1):
+      st, sh, sw = self.strides
+      x = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="conv")(
+          x[:, ::st, ::sh, ::sw])
+    else:
+      x = nn.Conv(self.features, tuple(self.kernel_size), tuple(self.strides), padding="SAME",
+                  use_bias=False, dtype=self.dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
+                     name="bn")(x)
+    return nn.relu(x) if self.relu else x
+
+
+def global_avg_pool3d(x):
+  """``(B, T, H, W, C)`` -> ``(B, C)`` in float32."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))

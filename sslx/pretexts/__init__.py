@@ -10,7 +10,18 @@ checks run by the trainer before compilation) and ``model(backbone, cfg)``
 
 ``make_inputs`` receives ``batch["image"]``, float RGB in [0, 1] of shape
 ``(B, H, W, 3)``, and ``batch["index"]``, each image's position in the source.
-The trainer standardises every array keyed ``image`` in the inputs it returns.
+The trainer standardises every array keyed ``image`` or ``video`` in the inputs
+it returns.
+
+Video pretexts (``sslx/pretexts/video/``, configs from ``configs.base_video()``)
+receive ``batch["video"]`` instead: ``(B, T, H, W, 3)``, the ``video.num_frames``
+consecutive frames of one window per clip, ``video.frame_stride`` apart at
+``video.fps``, chosen by the host among high-motion windows (sslx/data/video.py);
+the host knows nothing of the pretext, which picks, shuffles and labels frames
+on the device. They return ``{"image": (B*K, h, w, 3)}`` for a per-frame 2D
+backbone with shared weights (each example's K frames next to each other) or
+``{"video": (B*K, t, h, w, 3)}`` for a 3D backbone; their ``validate(config)``
+checks that ``video.num_frames`` covers their sampling rule.
 
 Stateful pretexts keep an explicit pytree in the train state, never inside a loss:
 - ``init_state(cfg)``: the initial state (fixed shapes); ``make_inputs`` then

@@ -26,8 +26,10 @@ def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, mode
   model = build(pretext, cfg, model_config)
   batch = jax.tree.map(jnp.asarray, batch)
   extra = {} if state is None else {"state": state}
-  inputs, targets = pretext.make_inputs(jax.random.PRNGKey(seed), batch, cfg, **extra)
-  variables = model.init(jax.random.PRNGKey(seed), inputs, train=False)
+  # Jitted, as in training: un-jitted pseudo-label makers and inits run op by op, slowly.
+  inputs, targets = jax.jit(lambda rng, b: pretext.make_inputs(rng, b, cfg, **extra))(
+      jax.random.PRNGKey(seed), batch)
+  variables = jax.jit(lambda rng, x: model.init(rng, x, train=False))(jax.random.PRNGKey(seed), inputs)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.adam(learning_rate)
   opt_state = tx.init(params)
@@ -36,7 +38,7 @@ def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, mode
   def step(params, batch_stats, opt_state):
     def loss_fn(p):
       (out, _), upd = model.apply({"params": p, "batch_stats": batch_stats}, inputs, train=True,
-                                  mutable=["batch_stats"])
+                                  mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(seed + 1)})
       value, metrics = pretext.loss(out, targets, cfg=cfg)
       return value, (metrics, upd["batch_stats"])
     (value, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -1,0 +1,118 @@
+"""Nearest-neighbour retrieval of test videos among training videos, per block.
+
+    python -m sslx.evaluate.retrieval --workdir DIR [--dataset folder:/data]
+
+The protocol of VCOP (Xu et al., CVPR 2019, section 4.4, after Büchler et al.
+2018): every test video is a query, every training video is in the gallery;
+a video's feature is the mean over ``evaluate.num_clips`` clips spread evenly
+over it (sslx/evaluate/common.py); neighbours by cosine similarity; a query
+scores a hit at k when one of its k nearest training videos has its class.
+Reported: the top-k hit rate for k in ``evaluate.retrieval_k`` (1, 5, 10, 20,
+50), for the checkpoint's backbone and the same backbone at random init.
+Writes DIR/eval/retrieval.json and .md. Works for image runs as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from sslx import train as trainer
+from sslx.data import sources
+from sslx.evaluate import common
+
+
+def top_k_hits(query, query_labels, gallery, gallery_labels, ks) -> dict[int, float]:
+  """Fraction of queries with a same-class gallery item among their k nearest (cosine)."""
+  q = query / (np.linalg.norm(query, axis=1, keepdims=True) + 1e-12)
+  g = gallery / (np.linalg.norm(gallery, axis=1, keepdims=True) + 1e-12)
+  order = np.argsort(-(q @ g.T), axis=1, kind="stable")
+  same = gallery_labels[order] == query_labels[:, None]  # (queries, gallery) in neighbour order.
+  first_hit = np.where(same.any(axis=1), same.argmax(axis=1), np.inf)
+  return {int(k): float(np.mean(first_hit < k)) for k in ks}
+
+
+def markdown_table(results: dict) -> str:
+  ks = results["k"]
+  lines = ["| block | " + " | ".join(f"top-{k} pretrained / random (%)" for k in ks) + " |",
+           "|---|" + "---|" * len(ks)]
+  for block, row in results["blocks"].items():
+    cells = [f"{100 * row['pretrained'][str(k)]:.1f} / {100 * row['random_init'][str(k)]:.1f}" for k in ks]
+    lines.append(f"| {block} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None) -> dict:
+  run = common.load_run(workdir)
+  run.config = common.for_evaluation(run.config)
+  cfg = run.config.evaluate
+  dataset = dataset or cfg.get("dataset") or run.config.dataset
+  ks = tuple(cfg.get("retrieval_k", (1, 5, 10, 20, 50)))
+  mesh = trainer.make_mesh(jax.local_devices())
+  fns = {"pretrained": common.feature_fn(run.backbone, run.config, cfg.max_features),
+         "random_init": common.feature_fn(run.backbone, run.config, cfg.max_features)}
+  variables = {"pretrained": run.variables,
+               "random_init": common.random_init_variables(run.backbone, run.config, cfg.seed)}
+  splits, skipped = {}, 0
+  for split in (cfg.train_split, cfg.test_split):
+    source = sources.from_config(run.config, split, dataset=dataset, data_dir=data_dir)
+    features, labels, n_skipped = common.extract(source, run.config, fns, variables,
+                                                 batch_size=cfg.batch_size, mesh=mesh)
+    if (labels < 0).any():
+      raise ValueError(f"retrieval needs labels, but {dataset} split {split!r} has {int((labels < 0).sum())} "
+                       f"unlabeled examples: pass --dataset with a labeled one")
+    splits[split] = (features, labels)
+    skipped += n_skipped
+  (gallery, gallery_y), (query, query_y) = splits[cfg.train_split], splits[cfg.test_split]
+  results = {"workdir": os.path.abspath(workdir), "checkpoint_step": run.step, "dataset": dataset,
+             "gallery": int(len(gallery_y)), "queries": int(len(query_y)), "skipped": skipped,
+             "k": list(ks), "num_clips": cfg.get("num_clips", 1), "blocks": {}}
+  for block in gallery["pretrained"]:
+    results["blocks"][block] = {
+        name: {str(k): v for k, v in top_k_hits(query[name][block], query_y, gallery[name][block],
+                                                gallery_y, ks).items()}
+        for name in ("pretrained", "random_init")}
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  results["written_to"] = os.path.join(out_dir, "retrieval.json")
+  with open(results["written_to"], "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(out_dir, "retrieval.md"), "w") as f:
+    f.write(f"Retrieval, {dataset}, checkpoint step {run.step}: {len(query_y)} test queries, "
+            f"{len(gallery_y)} training videos in the gallery\n\n{markdown_table(results)}\n")
+  return results
+
+
+def _define_flags():
+  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
+  flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  if not args["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"sslx-retrieval: error: {e}") from None
+  print(f"\nRetrieval on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
+        f"{results['queries']} queries, {results['gallery']} in the gallery)\n")
+  print(markdown_table(results))
+  print(f"\nWritten to {results['written_to']}")
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,104 @@
+"""Arrow of time (Wei, Lim, Zisserman & Freeman, "Learning and Using the Arrow
+of Time", CVPR 2018).
+
+- Binary: is the clip playing forwards (label 0) or backwards (label 1)? A clip
+  of ``clip_frames`` consecutive frames starts at a uniformly random offset of
+  the delivered window and is reversed in time with probability 1/2, each
+  example on its own (a reversed clip is exactly ``clip[::-1]``).
+- Here a 3D backbone sees the RGB clip, pooled features -> Dense(2). Wei et
+  al.'s model is different: T-CAM, a 2D VGG-16 trunk applied to short stacks
+  of optical flow frames, the stacks' feature maps fused late and globally
+  average-pooled so that a class activation map shows where the arrow of time
+  is seen. Optical flow is not computed on the device here, so
+  ``input = "rgb"`` is the only input implemented; the field is there for a
+  flow input later.
+- Wei et al. found that the direction can be read from artificial cues as
+  well as from physics: black frame borders, camera conventions (zooms,
+  pans) and compression artefacts. The host crop removes none of them on
+  purpose; a high probe score on this task alone does not rule them out.
+
+Inputs: ``{"video": (B, clip_frames, H, W, 3)}``; targets: ``{"label": (B,),
+"start": (B,)}`` (the clip's first frame, in forward order, in the window).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sslx import losses
+
+INPUTS = ("rgb",)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict()
+  cfg.name = "video.arrow_of_time"
+  cfg.clip_frames = 16  # A 3D backbone's usual clip (C3D, R3D); our choice, not the paper's.
+  cfg.reverse_probability = 0.5
+  cfg.input = "rgb"  # The paper uses optical flow; only "rgb" is implemented.
+  return cfg
+
+
+def _too_short(cfg, num_frames) -> str:
+  return (f"arrow_of_time needs video.num_frames >= clip_frames = {cfg.clip_frames}, got {num_frames}: "
+          f"raise --config.video.num_frames or lower --config.pretext.clip_frames")
+
+
+def validate(config) -> None:
+  """Before compilation: the delivered window holds a clip; only RGB input exists."""
+  cfg = config.pretext
+  if "video" not in config:
+    raise ValueError("arrow_of_time needs video data (config.video): start the experiment config "
+                     "from configs.base_video()")
+  if cfg.input not in INPUTS:
+    raise ValueError(f"arrow_of_time: input {cfg.input!r} is not implemented (no optical flow on the "
+                     f"device): use --config.pretext.input=rgb")
+  if cfg.clip_frames < 2:
+    raise ValueError(f"arrow_of_time: clip_frames {cfg.clip_frames} has no direction: set "
+                     f"--config.pretext.clip_frames >= 2")
+  if not 0.0 < cfg.reverse_probability < 1.0:
+    raise ValueError(f"arrow_of_time: reverse_probability {cfg.reverse_probability} leaves one class "
+                     f"empty: set --config.pretext.reverse_probability in (0, 1), e.g. 0.5")
+  if config.video.num_frames < cfg.clip_frames:
+    raise ValueError(_too_short(cfg, config.video.num_frames))
+
+
+def make_inputs(rng, batch, cfg):
+  """``batch["video"]`` (B, T, H, W, 3) -> ({"video": clips, some reversed}, {"label", "start"})."""
+  video = batch["video"]
+  batch_size, num_frames = video.shape[:2]
+  if cfg.input not in INPUTS:
+    raise ValueError(f"arrow_of_time: input {cfg.input!r} is not implemented: use 'rgb'")
+  if num_frames < cfg.clip_frames:
+    raise ValueError(_too_short(cfg, num_frames))
+  start_rng, label_rng = jax.random.split(rng)
+  start = jax.random.randint(start_rng, (batch_size,), 0, num_frames - cfg.clip_frames + 1,
+                             dtype=jnp.int32)
+  label = jax.random.bernoulli(label_rng, cfg.reverse_probability, (batch_size,)).astype(jnp.int32)
+  steps = jnp.arange(cfg.clip_frames)
+  # Frame i of a reversed clip is frame clip_frames - 1 - i of the forward one.
+  offsets = jnp.where(label[:, None] == 1, cfg.clip_frames - 1 - steps, steps)
+  clips = jax.vmap(lambda v, f: v[f])(video, start[:, None] + offsets)
+  return {"video": clips}, {"label": label, "start": start}
+
+
+class Head(nn.Module):
+  @nn.compact
+  def __call__(self, features, *, train: bool):
+    del train
+    return nn.Dense(2, name="classifier")(features["pooled"].astype(jnp.float32))
+
+
+def head(cfg) -> nn.Module:
+  del cfg
+  return Head()
+
+
+def loss(outputs, targets, *, cfg):
+  del cfg
+  labels = targets["label"]
+  return losses.softmax_xent(logits=outputs, labels=labels), {
+      "accuracy": losses.accuracy(logits=outputs, labels=labels)}

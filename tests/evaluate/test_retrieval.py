@@ -1,0 +1,29 @@
+import json
+
+import numpy as np
+import pytest
+
+from sslx.evaluate import linear, retrieval
+
+
+def test_top_k_hits_on_known_neighbours():
+  gallery = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]])
+  gallery_labels = np.array([0, 1, 2, 3])
+  queries = np.array([[2.0, 0.1], [0.1, 3.0], [-1.0, -0.1]])  # Nearest: 0, 1, 3 (cosine, not distance).
+  hits = retrieval.top_k_hits(queries, np.array([0, 2, 9]), gallery, gallery_labels, (1, 2, 4))
+  # Query 0 hits at rank 1; query 1 (label 2) finds item 2 at rank 2; query 2's class is absent.
+  assert hits == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 4: pytest.approx(2 / 3)}
+
+
+def test_video_linear_probe_and_retrieval_read_the_checkpoint(trained_video_workdir):
+  workdir, _, _ = trained_video_workdir
+  results = retrieval.evaluate(workdir)
+  assert results["queries"] == 11 and results["gallery"] == 22 and results["num_clips"] == 2
+  for block, row in results["blocks"].items():
+    for name in ("pretrained", "random_init"):
+      rates = [row[name][str(k)] for k in results["k"]]
+      assert rates == sorted(rates) and 0 <= rates[0] and rates[-1] == 1.0  # k=50 >= 22 covers all.
+  assert json.loads(open(results["written_to"]).read())["blocks"].keys() == results["blocks"].keys()
+  probe = linear.evaluate(workdir, epochs=3)
+  assert probe["train_examples"] == 22 and probe["test_examples"] == 11
+  assert set(probe["blocks"]) == {"block1", "block2", "block3"}
