@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 
 class ConvBN(nn.Module):
@@ -53,6 +54,14 @@ def flatten_last_block(features: dict):
   return last.reshape(last.shape[0], -1).astype(jnp.float32)
 
 
+def flat_lecun_normal(key, shape, dtype=jnp.float32):
+  """LeCun normal (Flax's default conv init) drawn as a (fan_in, out) matrix and reshaped:
+  the same distribution, but XLA:CPU compiles the draw of a 5-D kernel about 5x slower
+  than a 2-D one (R3D's init: 50 s -> 11 s on the 2-core CPU)."""
+  fan_in = int(np.prod(shape[:-1]))
+  return nn.initializers.lecun_normal()(key, (fan_in, shape[-1]), dtype).reshape(shape)
+
+
 class ConvBN3D(nn.Module):
   """3D convolution (no bias), BatchNorm, optional ReLU, on ``(B, T, H, W, C)``.
 
@@ -75,7 +84,7 @@ class ConvBN3D(nn.Module):
           x[:, ::st, ::sh, ::sw])
     else:
       x = nn.Conv(self.features, tuple(self.kernel_size), tuple(self.strides), padding="SAME",
-                  use_bias=False, dtype=self.dtype, name="conv")(x)
+                  use_bias=False, dtype=self.dtype, kernel_init=flat_lecun_normal, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
                      name="bn")(x)
     return nn.relu(x) if self.relu else x
