@@ -88,6 +88,10 @@ def base_video() -> ml_collections.ConfigDict:
   c.batch_size = 32
   c.evaluate.batch_size = 32
   c.evaluate.num_clips = 10  # Test-time clips per video, averaged (multi-clip protocol).
+  # Clip features: 1 = mean over time (the usual protocol); s > 1 = means over s consecutive
+  # stretches, concatenated in order. Gestures are told apart by the order of their motion
+  # (swipe left vs right), which a mean over time discards.
+  c.evaluate.temporal_segments = 4
   # Frames per evaluated clip; None: video.num_frames. A tuple pretext's window can be longer
   # than the clips its backbone saw (VCOP: 3 clips of 16 frames, 8 apart, in a 64-frame window).
   c.evaluate.num_frames = ml_collections.config_dict.placeholder(int)

@@ -60,11 +60,16 @@ def load_run(workdir: str, mesh=None) -> Run:
   return Run(config, meta, step, models.get_backbone(config.model), variables, state)
 
 
-def for_evaluation(config):
-  """The run's config as evaluation uses it: clips of ``evaluate.num_frames`` frames when set."""
+def for_evaluation(config, *, temporal_segments: int | None = None):
+  """The run's config as evaluation uses it: clips of ``evaluate.num_frames`` frames when set,
+  and ``temporal_segments`` (video clip features) when given."""
   config = ml_collections.ConfigDict(config.to_dict())
   if config.get("video") is not None and config.evaluate.get("num_frames"):
     config.video.num_frames = config.evaluate.num_frames
+  if temporal_segments is not None:
+    if temporal_segments < 1:
+      raise ValueError(f"temporal_segments must be >= 1 (1: mean over time), got {temporal_segments}")
+    config.evaluate.temporal_segments = temporal_segments
   return config
 
 
@@ -161,7 +166,8 @@ def feature_fn(backbone, config, max_features: int):
   to_input = backbone_input_fn(config)
   grid = config.evaluate.get("patch_grid") or 0
   if trainer.media_key(config) == "video":
-    return video_feature_fn(backbone, to_input, max_features)
+    return video_feature_fn(backbone, to_input, max_features,
+                            segments=config.evaluate.get("temporal_segments", 1))
 
   @jax.jit
   def features(variables, images):
@@ -178,10 +184,23 @@ def feature_fn(backbone, config, max_features: int):
   return features
 
 
-def video_feature_fn(backbone, to_input, max_features: int):
-  """A jitted clips(uint8, (B, [K,] T, H, W, 3)) -> {block: (B, D)}, averaged over the K clips
-  and, for a 2D backbone, the T frames; a 3D backbone's maps are averaged over time first."""
+def temporal_segments(x, segments: int):
+  """(N, T, ...) -> (N, s, ...): means over s equal consecutive stretches of time (s = min(segments, T))."""
+  weights = jnp.asarray(_pool_matrix(x.shape[1], min(segments, x.shape[1])))
+  return jnp.einsum("st,nt...->ns...", weights, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1):
+  """A jitted clips(uint8, (B, [K,] T, H, W, 3)) -> {block: (B, D)}.
+
+  Each clip's features are averaged over time (a 2D backbone's frames, a 3D
+  backbone's T' steps), or with ``segments`` s > 1 over s consecutive stretches
+  of it, concatenated in order (TSN-style; each stretch gets max_features / s
+  dims), which keeps the coarse order of events that mean pooling discards;
+  then averaged over the K clips.
+  """
   three_d = takes_video(backbone)
+  per_segment = max(1, max_features // segments)
 
   @jax.jit
   def features(variables, clips):
@@ -191,10 +210,15 @@ def video_feature_fn(backbone, to_input, max_features: int):
     out = {}
     for name in models.block_names(maps):
       block = maps[name].astype(jnp.float32)
-      if three_d:
-        block = block.mean(axis=1)  # (N, T', H', W', C) -> (N, H', W', C)
-      pooled = pool_block(block, max_features)
-      out[name] = pooled.reshape(batch, -1, pooled.shape[-1]).mean(axis=1)
+      if three_d:  # (N, T', H', W', C) -> (N, s, D)
+        timed = temporal_segments(block, segments)
+        n, s = timed.shape[:2]
+        pooled = pool_block(timed.reshape((n * s,) + timed.shape[2:]), per_segment).reshape(n, s, -1)
+      else:  # (N * T, H', W', C) -> (N, T, D) -> (N, s, D)
+        pooled = pool_block(block, per_segment)
+        pooled = temporal_segments(pooled.reshape(-1, frame_shape[0], pooled.shape[-1]), segments)
+      clip_features = pooled.reshape(pooled.shape[0], -1)  # Segments concatenated in order.
+      out[name] = clip_features.reshape(batch, -1, clip_features.shape[-1]).mean(axis=1)
     return out
 
   return features

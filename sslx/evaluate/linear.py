@@ -85,7 +85,8 @@ def markdown_table(results: dict) -> str:
 
 
 def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
-             epochs: int | None = None, patch_grid: int | None = None) -> dict:
+             epochs: int | None = None, patch_grid: int | None = None,
+             temporal_segments: int | None = None) -> dict:
   """Probes every block of the checkpoint's backbone and of the same backbone at random init.
 
   ``patch_grid`` overrides the config's probe input (0: the whole image; g: the
@@ -93,7 +94,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   so that both protocols of one checkpoint can sit side by side.
   """
   run = common.load_run(workdir)
-  run.config = common.for_evaluation(run.config)
+  run.config = common.for_evaluation(run.config, temporal_segments=temporal_segments)
   cfg = run.config.evaluate
   stem = "linear"
   if patch_grid is not None:
@@ -152,6 +153,8 @@ def _define_flags():
   flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
   flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  flags.DEFINE_integer("temporal_segments", None, "Video: clip features as means over this many "
+                       "consecutive stretches of time, concatenated; default: the config's.")
   flags.DEFINE_integer("epochs", None, "Probe epochs; default: the config's.")
   flags.DEFINE_integer("patch_grid", None, "Probe input: 0 the whole image, g the mean over g x g "
                        "patches; default: the config's evaluate.patch_grid.")
@@ -165,7 +168,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                       patch_grid=args.patch_grid)
+                       patch_grid=args.patch_grid, temporal_segments=args.temporal_segments)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sslx-linear: error: {e}") from None
   print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "

@@ -46,9 +46,10 @@ def markdown_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None) -> dict:
+def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
+             temporal_segments: int | None = None) -> dict:
   run = common.load_run(workdir)
-  run.config = common.for_evaluation(run.config)
+  run.config = common.for_evaluation(run.config, temporal_segments=temporal_segments)
   cfg = run.config.evaluate
   dataset = dataset or cfg.get("dataset") or run.config.dataset
   ks = tuple(cfg.get("retrieval_k", (1, 5, 10, 20, 50)))
@@ -91,6 +92,8 @@ def _define_flags():
   flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
   flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  flags.DEFINE_integer("temporal_segments", None, "Video: clip features as means over this many "
+                       "consecutive stretches of time, concatenated; default: the config's.")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -100,7 +103,8 @@ def main(argv):
   if not args["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir)
+    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir,
+                       temporal_segments=args.temporal_segments)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"sslx-retrieval: error: {e}") from None
   print(f"\nRetrieval on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "

@@ -27,3 +27,25 @@ def test_video_linear_probe_and_retrieval_read_the_checkpoint(trained_video_work
   probe = linear.evaluate(workdir, epochs=3)
   assert probe["train_examples"] == 22 and probe["test_examples"] == 11
   assert set(probe["blocks"]) == {"block1", "block2", "block3"}
+
+
+def test_temporal_segments_keep_the_order_a_mean_discards():
+  import jax.numpy as jnp
+  from sslx.evaluate import common
+  forward = jnp.arange(8.0).reshape(1, 8, 1)  # (N, T, D): a quantity rising over time.
+  backward = forward[:, ::-1]
+  np.testing.assert_allclose(common.temporal_segments(forward, 1), common.temporal_segments(backward, 1))
+  np.testing.assert_allclose(common.temporal_segments(forward, 4)[0, :, 0], [0.5, 2.5, 4.5, 6.5])
+  assert common.temporal_segments(forward, 16).shape == (1, 8, 1)  # At most one segment per step.
+
+
+def test_evaluation_config_overrides():
+  from sslx import configs
+  from sslx.evaluate import common
+  c = configs.base_video()
+  c.evaluate.num_frames = 4
+  evaluated = common.for_evaluation(c, temporal_segments=2)
+  assert evaluated.video.num_frames == 4 and evaluated.evaluate.temporal_segments == 2
+  assert c.video.num_frames == 8  # The run's own config is left alone.
+  with pytest.raises(ValueError, match="temporal_segments must be >= 1"):
+    common.for_evaluation(c, temporal_segments=0)
