@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sslx.data import sources
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mpg", ".mpeg", ".mkv", ".mov", ".m4v")
 SAMPLE_VIDEO_DIR = Path(__file__).resolve().parent / "sample_video"
 
@@ -109,29 +111,16 @@ class VideoFolderSource:
 TFDS_FPS = {"ucf101": 25.0}
 
 
-class TfdsVideoSource:
+class TfdsVideoSource(sources.TfdsSource):
   """A TFDS video dataset prepared as ArrayRecord, read through ``tfds.data_source``:
   records hold decoded frames (or per-frame encoded images) and a label. Their
   frame rate is ``fps``, or the dataset's known rate (UCF101: 25 fps)."""
 
   def __init__(self, name: str, split: str, data_dir: str | None = None, fps: float | None = None):
-    import tensorflow_datasets as tfds  # Imported here: the package imports slowly.
-    base = name.split("/")[0]
-    self.fps = fps or TFDS_FPS.get(base)
+    self.fps = fps or TFDS_FPS.get(name.split("/")[0])
     if not self.fps:
       raise ValueError(f"TFDS video dataset {name!r} has no known frame rate: set --config.video.source_fps")
-    try:
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # TFDS raises several types; all mean "not prepared here".
-      raise FileNotFoundError(
-          f"TFDS dataset {name!r} split {split!r} is not readable in data_dir={data_dir!r} "
-          f"({type(e).__name__}): prepare it with `tfds build {name} --file_format=array_record` "
-          f"and pass --config.data_dir") from None
-    features = self._source.dataset_info.features
-    self.num_classes = features["label"].num_classes if "label" in features else 0
-
-  def __len__(self):
-    return len(self._source)
+    super().__init__(name, split, data_dir)
 
   def __getitem__(self, index):
     record = self._source[index]
