@@ -8,8 +8,8 @@ RGB is implemented here (see sslx/pretexts/video/arrow_of_time.py).
 
 Sized from a guess, not a measured run: one step of 32 clips of 8 x 64 x 64
 cost about 17.5 CPU-seconds here (XLA:CPU's 3D convolutions are slow), so 16
-clips x 160 steps should take about 15 minutes on 2 CPU cores. lr 0.05 with
-configs.base's Nesterov SGD and cosine decay, a guess for R3D at small batches.
+clips x 160 steps should take about 15 minutes on 2 CPU cores. Optimizer:
+configs.base_video's AdamW 1e-3, cosine.
 """
 
 import ml_collections
@@ -26,8 +26,6 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict({"name": "r3d", "width": 0.25, "conv": "3d", "dtype": "float32"})
   c.batch_size = 16
   c.total_steps = 160
-  c.optimizer.learning_rate = 0.05
-  c.optimizer.warmup_steps = 15
   c.log_every = 10
   c.checkpoint_every = 80
   return configs.quick_video(c) if arg == "quick" else c

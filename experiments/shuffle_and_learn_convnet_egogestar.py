@@ -14,8 +14,7 @@ host skips clips shorter than the window); the paper's durations would keep 43.
 Sized (estimated, not yet measured) for about 15 minutes on 2 CPU cores: 3
 frames of 64 px per example, 96 per step through the ConvNet (about the pixel
 rate of the jigsaw run, see the README), so 32 clips x 700 steps; the host
-decodes 13 frames per clip. Optimizer as the image pretexts (configs.base: SGD,
-Nesterov, cosine).
+decodes 13 frames per clip. Optimizer: configs.base_video's AdamW 1e-3, cosine.
 """
 
 from sslx import configs
@@ -30,7 +29,6 @@ def get_config(arg=None):
   c.video.num_frames = 2 * c.pretext.tau_min + c.pretext.tau_max + 1
   c.batch_size = 32  # Clips; x3 frames = 96 encoder inputs per step.
   c.total_steps = 700
-  c.optimizer.warmup_steps = 50
   c.log_every = 25
   c.checkpoint_every = 350
   return configs.quick_video(c) if arg == "quick" else c

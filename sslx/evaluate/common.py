@@ -11,6 +11,7 @@ video SSL papers.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sslx import models, pretexts
@@ -247,3 +249,41 @@ def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: i
     labels.append(batch["label"])
   features = {name: {b: np.concatenate(v) for b, v in blocks.items()} for name, blocks in out.items()}
   return features, np.concatenate(labels), preprocess.skipped
+
+
+# --- The scripts' shared plumbing. ------------------------------------------------------------
+
+
+def write_results(workdir: str, stem: str, results: dict, *, title: str, table: str) -> dict:
+  """``<workdir>/eval/<stem>.json`` (the results, with ``written_to``) and ``<stem>.md``."""
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  results["written_to"] = os.path.join(out_dir, f"{stem}.json")
+  with open(results["written_to"], "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+    f.write(f"{title}\n\n{table}\n")
+  return results
+
+
+def define_workdir_flags(dataset_help: str = "Evaluation data; default: the config's.") -> None:
+  """The flags every evaluation script takes: the run to read and the data to read it on."""
+  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
+  flags.DEFINE_string("dataset", None, dataset_help)
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def run_script(name: str, body) -> None:
+  """Runs ``body(flags.FLAGS)`` as an absl app: library logging quiet unless ``--verbosity``
+  is given, and bad input (a ValueError or a missing file) ends it with one line."""
+  def main(argv):
+    del argv
+    args = flags.FLAGS
+    if not args["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      body(args)
+    except (ValueError, FileNotFoundError) as e:
+      raise SystemExit(f"{name}: error: {e}") from None
+  app.run(main)

@@ -20,7 +20,6 @@ Writes DIR/eval/finetune.json and .md and prints the table.
 
 from __future__ import annotations
 
-import json
 import os
 
 import flax.linen as nn
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sslx import losses
@@ -282,37 +281,22 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
       results[name]["top1"] = top1[name]
   results["skipped"] = train_pre.skipped + test_multi.skipped + (test_centre.skipped if test_centre else 0)
 
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  results["written_to"] = os.path.join(out_dir, "finetune.json")
-  with open(results["written_to"], "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(out_dir, "finetune.md"), "w") as f:
-    f.write(f"Fine-tuning, {dataset}, checkpoint step {run.step}: {cfg.steps} steps of {cfg.batch_size}, "
-            f"{len(train_source)} train / {test_count} test {media}s\n\n{markdown_table(results)}\n")
-  return results
+  return common.write_results(
+      workdir, "finetune", results, table=markdown_table(results),
+      title=f"Fine-tuning, {dataset}, checkpoint step {run.step}: {cfg.steps} steps of {cfg.batch_size}, "
+            f"{len(train_source)} train / {test_count} test {media}s")
 
 
 def _define_flags():
-  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
-  flags.DEFINE_string("dataset", None, "Labeled evaluation data; default: the config's.")
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  common.define_workdir_flags("Labeled evaluation data; default: the config's.")
   flags.DEFINE_integer("steps", None, "Fine-tuning steps; default: evaluate.finetune.steps or 300.")
   flags.DEFINE_float("learning_rate", None, "Peak learning rate; default: evaluate.finetune's or 1e-3.")
   flags.DEFINE_integer("num_clips", None, "Test clips per video; default: evaluate.num_clips.")
-  flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  del argv
-  args = flags.FLAGS
-  if not args["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, steps=args.steps,
-                       learning_rate=args.learning_rate, num_clips=args.num_clips)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"sslx-finetune: error: {e}") from None
+def _main(args):
+  results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, steps=args.steps,
+                     learning_rate=args.learning_rate, num_clips=args.num_clips)
   print(f"\nFine-tuning on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['protocol']['steps']} steps; {results['train_examples']} train / "
         f"{results['test_examples']} test examples)\n")
@@ -322,7 +306,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  common.run_script("sslx-finetune", _main)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,12 @@ DIR/eval/linear.json and DIR/eval/linear.md and prints the table.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags
 
 from sslx import losses
 from sslx import train as trainer
@@ -137,40 +135,24 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
       row[f"{name}_train"] = fit["train_accuracy"]
     results["blocks"][block] = row
 
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  results["written_to"] = os.path.join(out_dir, f"{stem}.json")
-  with open(results["written_to"], "w") as f:
-    json.dump(results, f, indent=2)
-  table = markdown_table(results)
-  with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
-    f.write(f"Linear probe, {dataset}, checkpoint step {run.step}, {len(train_y)} train / "
-            f"{len(test_y)} test {_unit(run.config)}\n\n{table}\n")
-  return results
+  return common.write_results(
+      workdir, stem, results, table=markdown_table(results),
+      title=f"Linear probe, {dataset}, checkpoint step {run.step}, {len(train_y)} train / "
+            f"{len(test_y)} test {_unit(run.config)}")
 
 
 def _define_flags():
-  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
-  flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  common.define_workdir_flags()
   flags.DEFINE_integer("temporal_segments", None, "Video: clip features as means over this many "
                        "consecutive stretches of time, concatenated; default: the config's.")
   flags.DEFINE_integer("epochs", None, "Probe epochs; default: the config's.")
   flags.DEFINE_integer("patch_grid", None, "Probe input: 0 the whole image, g the mean over g x g "
                        "patches; default: the config's evaluate.patch_grid.")
-  flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  del argv
-  args = flags.FLAGS
-  if not args["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                       patch_grid=args.patch_grid, temporal_segments=args.temporal_segments)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"sslx-linear: error: {e}") from None
+def _main(args):
+  results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                     patch_grid=args.patch_grid, temporal_segments=args.temporal_segments)
   print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['train_examples']} train / {results['test_examples']} test examples)\n")
   print(markdown_table(results))
@@ -179,7 +161,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  common.run_script("sslx-linear", _main)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
-from absl import app, flags, logging
+from absl import flags
 
 from sslx import train as trainer
 from sslx.data import pipeline, sources
@@ -129,31 +129,21 @@ def write_pictures(workdir: str, *, dataset: str | None = None, data_dir: str | 
 
 
 def _define_flags():
-  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
-  flags.DEFINE_string("dataset", None, "Where the test images come from; default: the config's.")
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  common.define_workdir_flags("Where the test images come from; default: the config's.")
   flags.DEFINE_integer("count", None, "Test images to show; default: the pretext's choice (16 for most).")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the corruptions and views drawn.")
-  flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  del argv
-  args = flags.FLAGS
-  if not args["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    written = write_pictures(args.workdir, dataset=args.dataset, data_dir=args.data_dir, count=args.count,
-                             seed=args.seed)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"sslx-pictures: error: {e}") from None
+def _main(args):
+  written = write_pictures(args.workdir, dataset=args.dataset, data_dir=args.data_dir, count=args.count,
+                           seed=args.seed)
   for name, path in written.items():
     print(f"{name}: {path}")
 
 
 def run():
   _define_flags()
-  app.run(main)
+  common.run_script("sslx-pictures", _main)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ Writes DIR/eval/retrieval.json and .md. Works for image runs as well.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from sslx import train as trainer
 from sslx.data import sources
@@ -77,36 +76,21 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
         name: {str(k): v for k, v in top_k_hits(query[name][block], query_y, gallery[name][block],
                                                 gallery_y, ks).items()}
         for name in ("pretrained", "random_init")}
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  results["written_to"] = os.path.join(out_dir, "retrieval.json")
-  with open(results["written_to"], "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(out_dir, "retrieval.md"), "w") as f:
-    f.write(f"Retrieval, {dataset}, checkpoint step {run.step}: {len(query_y)} test queries, "
-            f"{len(gallery_y)} training videos in the gallery\n\n{markdown_table(results)}\n")
-  return results
+  return common.write_results(
+      workdir, "retrieval", results, table=markdown_table(results),
+      title=f"Retrieval, {dataset}, checkpoint step {run.step}: {len(query_y)} test queries, "
+            f"{len(gallery_y)} training videos in the gallery")
 
 
 def _define_flags():
-  flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
-  flags.DEFINE_string("dataset", None, "Evaluation data; default: the config's.")
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+  common.define_workdir_flags()
   flags.DEFINE_integer("temporal_segments", None, "Video: clip features as means over this many "
                        "consecutive stretches of time, concatenated; default: the config's.")
-  flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  del argv
-  args = flags.FLAGS
-  if not args["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir,
-                       temporal_segments=args.temporal_segments)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"sslx-retrieval: error: {e}") from None
+def _main(args):
+  results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir,
+                     temporal_segments=args.temporal_segments)
   print(f"\nRetrieval on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['queries']} queries, {results['gallery']} in the gallery)\n")
   print(markdown_table(results))
@@ -115,7 +99,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  common.run_script("sslx-retrieval", _main)
 
 
 if __name__ == "__main__":

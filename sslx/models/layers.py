@@ -54,6 +54,19 @@ def flatten_last_block(features: dict):
   return last.reshape(last.shape[0], -1).astype(jnp.float32)
 
 
+FRAME_FEATURES = ("last_block", "pooled")
+
+
+def frame_feature_vector(features: dict, kind: str):
+  """Per frame of a siamese (multi-branch) head: the deepest block flattened (``"last_block"``,
+  keeps where things are, like CaffeNet's pool5) or the global average (``"pooled"``)."""
+  if kind not in FRAME_FEATURES:
+    raise ValueError(f"unknown frame_features {kind!r}: use one of {FRAME_FEATURES}")
+  if kind == "pooled":
+    return features["pooled"].astype(jnp.float32)
+  return flatten_last_block(features)
+
+
 def flat_lecun_normal(key, shape, dtype=jnp.float32):
   """LeCun normal (Flax's default conv init) drawn as a (fan_in, out) matrix and reshaped:
   the same distribution, but XLA:CPU compiles the draw of a 5-D kernel about 5x slower

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sslx import configs, models, train
-from sslx.evaluate import common, finetune
+from sslx.evaluate import finetune
 
 
 def quick_video_config():

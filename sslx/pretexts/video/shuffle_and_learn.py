@@ -93,7 +93,7 @@ def _check(num_frames: int, cfg) -> None:
 def validate(config) -> None:
   """Before compilation: the delivered window fits the sampling rule."""
   _check(config.video.num_frames, config.pretext)
-  if config.pretext.frame_features not in ("last_block", "pooled"):
+  if config.pretext.frame_features not in layers.FRAME_FEATURES:
     raise ValueError(f"shuffle_and_learn: unknown frame_features {config.pretext.frame_features!r}: "
                      f"use 'last_block' or 'pooled'")
 
@@ -158,10 +158,7 @@ class Head(nn.Module):
 
   @nn.compact
   def __call__(self, features, *, train: bool):
-    if self.frame_features == "pooled":
-      x = features["pooled"].astype(jnp.float32)
-    else:
-      x = layers.flatten_last_block(features)
+    x = layers.frame_feature_vector(features, self.frame_features)
     if self.fc6:
       x = layers.dense_bn_relu(x, self.fc6, name="fc6", train=train)
     x = x.reshape(-1, TUPLE * x.shape[-1])
