@@ -437,6 +437,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
                        disable=jax.process_index() != 0 or not config.get("progress_bar", True))
   last_metrics: dict[str, float] = {}
   metrics = None
+  # Logged metrics are means over the steps since the last log, not one batch's values: a
+  # batch of 32 clips gives an accuracy to +-0.1, too noisy to tell a pretext leaving chance.
+  metric_sums, metric_steps = None, 0
   tick, tick_step = time.perf_counter(), start_step
   try:
     for step in range(start_step + 1, config.total_steps + 1):
@@ -458,12 +461,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       previous_metrics = metrics
       key = media_key(config)
       state, metrics = train_step(state, pipeline.to_global({key: local[key], "index": local["index"]}, mesh))
+      metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
+      metric_steps += 1
       # One step in flight: the host prepares the next batch while the device
       # computes, without queueing unboundedly many steps (and batches) ahead.
       jax.block_until_ready(previous_metrics)
       progress.update(1)
       if step % config.log_every == 0 or step == config.total_steps:
-        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        last_metrics = {k: float(v) / metric_steps for k, v in jax.device_get(metric_sums).items()}
+        last_metrics["learning_rate"] = float(metrics["learning_rate"])  # The current one.
+        metric_sums, metric_steps = None, 0
         now = time.perf_counter()
         # Source examples (images or clips) per second; the pretext may turn each into several inputs.
         last_metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)

@@ -33,6 +33,30 @@ def test_every_experiment_runs_two_steps_in_quick_mode(name, tmp_path):
   assert list((tmp_path / "tensorboard").iterdir())
 
 
+def _logged(workdir, tag):
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_logged_metrics_are_means_over_the_logging_interval(tmp_path):
+  config = tiny_config()
+  config.total_steps, config.checkpoint_every = 4, 4
+  config.log_every = 1
+  train.train(config, str(tmp_path / "every_step"))
+  config.log_every = 2
+  train.train(config, str(tmp_path / "every_2"))
+  per_step = _logged(str(tmp_path / "every_step"), "train/loss")
+  per_2 = _logged(str(tmp_path / "every_2"), "train/loss")
+  assert sorted(per_step) == [1, 2, 3, 4] and sorted(per_2) == [2, 4]
+  assert len(set(per_step.values())) == 4  # Distinct losses, so a mean differs from any one.
+  for step in (2, 4):
+    np.testing.assert_allclose(per_2[step], (per_step[step - 1] + per_step[step]) / 2, rtol=1e-5)
+  lr = _logged(str(tmp_path / "every_2"), "train/learning_rate")
+  np.testing.assert_allclose(lr[4], _logged(str(tmp_path / "every_step"), "train/learning_rate")[4])
+
+
 def test_checkpoint_round_trip(trained_workdir):
   workdir, state, _ = trained_workdir
   run = common.load_run(workdir)

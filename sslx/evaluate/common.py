@@ -96,6 +96,17 @@ def backbone_input_fn(config):
   return to_input
 
 
+def clip_input_fn(config):
+  """None, or uint8-range clips ``(N, T, H, W, 3)`` -> the frames a 2D backbone saw in training,
+  ``(N, T', H, W, 3)`` in the uint8 range, from the pretext's ``clip_input(clips, cfg)`` for
+  clips in [0, 1] (O3N: dynamic images of consecutive frames, not single frames)."""
+  pretext_cfg = config.get("pretext")
+  custom = getattr(pretexts.get(pretext_cfg.name), "clip_input", None) if pretext_cfg else None
+  if custom is None:
+    return None
+  return lambda clips: 255.0 * custom(clips.astype(jnp.float32) / 255.0, pretext_cfg)
+
+
 def takes_video(backbone) -> bool:
   """3D backbones (C3D, R3D) take (N, T, H, W, 3) clips; 2D ones single images."""
   return getattr(backbone, "takes_video", False)
@@ -169,7 +180,8 @@ def feature_fn(backbone, config, max_features: int):
   grid = config.evaluate.get("patch_grid") or 0
   if trainer.media_key(config) == "video":
     return video_feature_fn(backbone, to_input, max_features,
-                            segments=config.evaluate.get("temporal_segments", 1))
+                            segments=config.evaluate.get("temporal_segments", 1),
+                            clip_fn=clip_input_fn(config))
 
   @jax.jit
   def features(variables, images):
@@ -192,22 +204,27 @@ def temporal_segments(x, segments: int):
   return jnp.einsum("st,nt...->ns...", weights, x, precision=jax.lax.Precision.HIGHEST)
 
 
-def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1):
+def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1, clip_fn=None):
   """A jitted clips(uint8, (B, [K,] T, H, W, 3)) -> {block: (B, D)}.
 
   Each clip's features are averaged over time (a 2D backbone's frames, a 3D
   backbone's T' steps), or with ``segments`` s > 1 over s consecutive stretches
   of it, concatenated in order (TSN-style; each stretch gets max_features / s
   dims), which keeps the coarse order of events that mean pooling discards;
-  then averaged over the K clips.
+  then averaged over the K clips. ``clip_fn`` (``clip_input_fn``) first turns a 2D
+  backbone's clips into the frames it was trained on.
   """
   three_d = takes_video(backbone)
   per_segment = max(1, max_features // segments)
 
   @jax.jit
   def features(variables, clips):
-    batch, frame_shape = clips.shape[0], clips.shape[-4:]  # (T, H, W, 3)
-    x = clips.reshape((-1,) + (frame_shape if three_d else frame_shape[1:]))
+    batch = clips.shape[0]
+    x = clips.reshape((-1,) + clips.shape[-4:])  # (B * K, T, H, W, 3)
+    if clip_fn is not None and not three_d:
+      x = clip_fn(x)
+    frame_shape = x.shape[1:]
+    x = x if three_d else x.reshape((-1,) + frame_shape[1:])
     maps = backbone.apply(variables, to_input(x), train=False)
     out = {}
     for name in models.block_names(maps):

@@ -86,12 +86,15 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, name="classifier")(pooled)
 
 
-def backbone_rows(media, *, is_video: bool, three_d: bool):
-  """uint8 ``(B, [K,] [T,] H, W, 3)`` -> (backbone input rows, rows per clip)."""
+def backbone_rows(media, *, is_video: bool, three_d: bool, clip_fn=None):
+  """uint8 ``(B, [K,] [T,] H, W, 3)`` -> (backbone input rows, rows per clip); a 2D
+  backbone's clips go through ``clip_fn`` (common.clip_input_fn) first when given."""
   if not is_video:
     return media, 1
   if three_d:
     return media.reshape((-1,) + media.shape[-4:]), 1
+  if clip_fn is not None:
+    media = clip_fn(media.reshape((-1,) + media.shape[-4:]))
   return media.reshape((-1,) + media.shape[-3:]), media.shape[-4]
 
 
@@ -115,13 +118,13 @@ class FineTuner:
         "warmup_steps": cfg.warmup_steps, "decay_at": (), "decay_factor": 1.0})
     self.tx, schedule = trainer.make_optimizer(optimizer, cfg.steps)
     self.replicated = NamedSharding(mesh, PartitionSpec())
-    to_input = common.backbone_input_fn(config)
+    to_input, clip_fn = common.backbone_input_fn(config), common.clip_input_fn(config)
     is_video, three_d = self.key == "video", common.takes_video(backbone)
     model, tx = self.model, self.tx
 
     def train_step(state, batch):
       rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
-      x, group = backbone_rows(batch[self.key], is_video=is_video, three_d=three_d)
+      x, group = backbone_rows(batch[self.key], is_video=is_video, three_d=three_d, clip_fn=clip_fn)
 
       def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, to_input(x),
@@ -136,7 +139,7 @@ class FineTuner:
       return new_state, {"loss": loss, "accuracy": accuracy, "learning_rate": schedule(state["step"])}
 
     def predict(variables, media):
-      x, group = backbone_rows(media, is_video=is_video, three_d=three_d)
+      x, group = backbone_rows(media, is_video=is_video, three_d=three_d, clip_fn=clip_fn)
       logits = model.apply(variables, to_input(x), group=group, train=False)
       return average_clip_probabilities(logits.reshape(media.shape[0], -1, logits.shape[-1]))
 

@@ -129,6 +129,18 @@ def dynamic_image(frames):
   return rescale(jnp.einsum("t,...thwc->...hwc", weights, diffs))
 
 
+def clip_input(clips, cfg):
+  """Evaluation input: ``(N, T, H, W, 3)`` clips in [0, 1] -> ``(N, T - W + 1, H, W, 3)``, the
+  dynamic image of every run of ``element_frames`` consecutive frames (the backbone never saw a
+  single frame; Fernando et al. also classify actions from dynamic images)."""
+  w = cfg.element_frames
+  if clips.shape[1] < w:
+    raise ValueError(f"o3n: clips of {clips.shape[1]} frames are shorter than element_frames = {w}: "
+                     f"raise --config.evaluate.num_frames or video.num_frames")
+  runs = jnp.stack([clips[:, t:t + w] for t in range(clips.shape[1] - w + 1)], axis=1)
+  return dynamic_image(runs)
+
+
 def sample_positions(rng, batch_size: int, num_elements: int, element_frames: int, num_frames: int):
   """(B, N + 1, W): sorted distinct random frame indices in [0, T) for every element."""
   noise = jax.random.uniform(rng, (batch_size, num_elements, num_frames))

@@ -99,6 +99,39 @@ def test_inputs_are_dynamic_images_of_the_shown_frames():
   np.testing.assert_allclose(np.asarray(inputs["image"]).reshape(expected.shape), expected, atol=1e-5)
 
 
+def test_evaluation_input_is_the_dynamic_image_of_every_run_of_frames():
+  cfg = o3n.default_config()  # element_frames 6.
+  video = moving_squares(2, 9, 12, seed=6)
+  runs = np.asarray(o3n.clip_input(video, cfg))
+  assert runs.shape == (2, 4, 12, 12, 3)  # 9 - 6 + 1 runs.
+  for t in range(4):
+    np.testing.assert_allclose(runs[:, t], np.asarray(o3n.dynamic_image(video[:, t:t + 6])), atol=1e-6)
+  # The backbone was trained on these, not on frames: a still clip gives blank (zero) images.
+  still = jnp.repeat(video[:, :1], 9, axis=1)
+  assert np.abs(np.asarray(o3n.clip_input(still, cfg))).max() == 0.0
+  with pytest.raises(ValueError, match="shorter than element_frames = 6"):
+    o3n.clip_input(video[:, :5], cfg)
+
+
+def test_video_features_of_a_2d_backbone_go_through_the_clip_input():
+  from sslx import configs, models
+  from sslx.evaluate import common
+  config = configs.base_video()
+  config.pretext = o3n.default_config()
+  backbone = models.get_backbone(ml_collections.ConfigDict(steps.TINY_CONVNET))
+  clips = (255 * moving_squares(2, 8, 16, seed=7)).astype(jnp.uint8)  # (B, T, H, W, 3)
+  variables = backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  to_input, clip_fn = common.backbone_input_fn(config), common.clip_input_fn(config)
+  with_dynamic = common.video_feature_fn(backbone, to_input, 64, clip_fn=clip_fn)(variables, clips)
+  # The same features by hand: dynamic images of the 3 runs of 6 frames, encoded, meaned over runs.
+  dynamic = 255.0 * o3n.clip_input(clips.astype(jnp.float32) / 255.0, config.pretext)
+  maps = backbone.apply(variables, to_input(dynamic.reshape((-1, 16, 16, 3))), train=False)
+  expected = common.pool_block(maps["block1"], 64).reshape(2, 3, -1).mean(axis=1)
+  np.testing.assert_allclose(np.asarray(with_dynamic["block1"]), np.asarray(expected), rtol=1e-4, atol=1e-5)
+  frames_only = common.video_feature_fn(backbone, to_input, 64)(variables, clips)
+  assert not np.allclose(np.asarray(frames_only["block1"]), np.asarray(expected), atol=1e-3)
+
+
 def test_sum_of_differences_is_the_pairwise_sum():
   x = jax.random.normal(jax.random.PRNGKey(6), (2, 5, 7))
   explicit = sum(x[:, j] - x[:, i] for i in range(5) for j in range(i + 1, 5))
