@@ -1,0 +1,45 @@
+"""The video benchmarks' pieces, on the embedded clip sample (the full runs are in the README)."""
+
+import importlib.util
+
+import numpy as np
+
+from tests.conftest import REPO
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_flow_reference_segment_means():
+  flow_reference = _load("video_flow_reference")
+  per_pair = np.arange(12, dtype=np.float32).reshape(4, 3)  # 4 pairs of (dx, dy, magnitude).
+  np.testing.assert_allclose(flow_reference.segment_means(per_pair, 1), per_pair.mean(axis=0))
+  np.testing.assert_allclose(flow_reference.segment_means(per_pair, 2),
+                             np.concatenate([per_pair[:2].mean(axis=0), per_pair[2:].mean(axis=0)]))
+  # More segments than pairs: every segment still holds a pair, in order.
+  short = flow_reference.segment_means(per_pair[:2], 4)
+  assert short.shape == (12,) and np.all(np.diff(short[0::3]) >= 0)
+
+
+def test_flow_reference_features_of_real_clips():
+  from sslx.data import sources
+  flow_reference = _load("video_flow_reference")
+  source = sources.get_source("sample_video", "test")
+  flows, labels, skipped = flow_reference.flows_of(source, fps=10.0)
+  assert skipped == 0 and len(flows) == len(source) == len(labels)
+  assert all(f.ndim == 2 and f.shape[1] == 3 and np.isfinite(f).all() for f in flows)
+  assert all((f[:, 2] >= np.abs(f[:, :2]).max(axis=1) - 1e-5).all() for f in flows)  # |mean| <= mean |.|
+
+
+def test_pretext_fit_memorises_fixed_pseudo_labels():
+  fit_check = _load("video_pretext_fit")
+  config = fit_check.load_config(str(REPO / "experiments" / "opn_convnet_egogestar.py"),
+                                 ["total_steps=5"], quick=True)
+  assert config.dataset == "sample_video" and config.total_steps == 5
+  history = fit_check.fit(config, pseudo_labels="fixed", steps=12, learning_rate=3e-3)
+  assert len(history) == 12 and {"loss", "accuracy"} <= set(history[0])
+  assert history[-1]["loss"] < 0.5 * history[0]["loss"]
