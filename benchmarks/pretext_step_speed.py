@@ -13,24 +13,20 @@ pipeline is not included: on 2 cores it runs beside the step).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import time
 
 import jax
 import numpy as np
 
-from sslx import train
+from sslx import configs, train
 from sslx.data import image_ops, pipeline, sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
-  spec = importlib.util.spec_from_file_location("exp", REPO / "experiments" / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return configs.load(REPO / "experiments" / name)
 
 
 def real_batch(batch_size: int, size: int) -> dict:

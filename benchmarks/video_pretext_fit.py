@@ -21,23 +21,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sslx import train
+from sslx import configs, train
 from sslx.data import pipeline, sources
 
 
 def load_config(path: str, overrides: list[str], *, quick: bool = False):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("experiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("quick" if quick else None)
+  """The experiment config with ``key.sub=value`` overrides (values as Python literals, else strings)."""
+  config = configs.load(path, "quick" if quick else None)
+  parsed = {}
   for item in overrides:
     key, value = item.split("=", 1)
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = value if isinstance(node[leaf], str) else type(node[leaf])(ast.literal_eval(value))
+    try:
+      parsed[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed[key] = value
+  config.update_from_flattened_dict(parsed)
   return config
 
 

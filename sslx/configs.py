@@ -7,9 +7,21 @@ sample (used by ``path.py:quick`` and by the tests).
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from sslx.data import image_ops
+
+
+def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of an experiment file (``arg="quick"``: its two-step CPU mode), for
+  scripts and tests; ``sslx-train`` reads the same files through ml_collections' config flags."""
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def base() -> ml_collections.ConfigDict:

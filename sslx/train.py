@@ -440,6 +440,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   # Logged metrics are means over the steps since the last log, not one batch's values: a
   # batch of 32 clips gives an accuracy to +-0.1, too noisy to tell a pretext leaving chance.
   metric_sums, metric_steps = None, 0
+  add_metrics = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))  # One dispatch per step, not one per metric.
   tick, tick_step = time.perf_counter(), start_step
   try:
     for step in range(start_step + 1, config.total_steps + 1):
@@ -461,7 +462,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       previous_metrics = metrics
       key = media_key(config)
       state, metrics = train_step(state, pipeline.to_global({key: local[key], "index": local["index"]}, mesh))
-      metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
+      metric_sums = metrics if metric_sums is None else add_metrics(metric_sums, metrics)
       metric_steps += 1
       # One step in flight: the host prepares the next batch while the device
       # computes, without queueing unboundedly many steps (and batches) ahead.

@@ -27,11 +27,8 @@ def sample_images():
 
 def tiny_config(name="rotation_convnet_sample.py"):
   """An experiment config in quick mode."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("exp", REPO / "experiments" / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("quick")
+  from sslx import configs
+  config = configs.load(REPO / "experiments" / name, "quick")
   config.progress_bar = False
   return config
 

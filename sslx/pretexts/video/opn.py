@@ -97,7 +97,7 @@ def validate(config) -> None:
   _check(config.video.num_frames, size, size, config.pretext)
   if config.pretext.frame_features not in layers.FRAME_FEATURES:
     raise ValueError(f"opn: unknown frame_features {config.pretext.frame_features!r}: "
-                     f"use 'last_block' or 'pooled'")
+                     f"use one of {layers.FRAME_FEATURES}")
 
 
 # --- Classes. --------------------------------------------------------------------------------

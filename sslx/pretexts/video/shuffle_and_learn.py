@@ -95,7 +95,7 @@ def validate(config) -> None:
   _check(config.video.num_frames, config.pretext)
   if config.pretext.frame_features not in layers.FRAME_FEATURES:
     raise ValueError(f"shuffle_and_learn: unknown frame_features {config.pretext.frame_features!r}: "
-                     f"use 'last_block' or 'pooled'")
+                     f"use one of {layers.FRAME_FEATURES}")
 
 
 # --- Tuples. ---------------------------------------------------------------------------------
