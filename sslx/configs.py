@@ -54,6 +54,15 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   c.progress_bar = True
+  # A non-finite loss, gradient or update: 'stop' fails naming the step (the last good
+  # checkpoint stays the latest); 'skip' leaves the state unchanged, counts it and goes on.
+  c.on_nonfinite = "stop"
+  # After a SIGTERM (preemption notice) the run checkpoints at the next step boundary and
+  # exits; a process still alive this long after the notice exits hard (see train.PreemptionNotice).
+  c.preemption_grace_seconds = 30.0
+  # A process whose training step has not finished for this long (after the first, compiled
+  # one) exits with an error instead of waiting forever on a dead peer; 0 turns it off.
+  c.step_timeout_seconds = 1800.0
   # sslx-train asks XLA for deterministic GPU kernels, so that a resumed run ends with exactly
   # the parameters of an uninterrupted one on GPUs as on CPUs and TPUs; False trades that for speed.
   c.deterministic = True

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -201,10 +204,17 @@ def make_train_step(config, model, pretext, tx, schedule):
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
-                   grad_norm=optax.tree.norm(grads))
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+    # A non-finite loss, gradient or update (an inf learning rate gives a finite gradient
+    # but an inf update) leaves the state as it was: the host then stops or skips and
+    # counts (config.on_nonfinite), and no checkpoint ever holds a poisoned state.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step), grad_norm=grad_norm,
+                   nonfinite=1.0 - finite.astype(jnp.float32))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              batch_stats=keep(batch_stats, state.batch_stats),
+                              opt_state=keep(opt_state, state.opt_state))
     return new_state, metrics
 
   return train_step
@@ -344,13 +354,27 @@ def run_metadata(config, mesh) -> dict:
           "sslx_version": sslx.__version__, "jax_version": jax.__version__}
 
 
-def check_same_model(saved_meta: dict, config, workdir: str):
-  """One-line error before compilation when the workdir was trained with another model."""
+# What a checkpoint's state and data position mean: resuming with any of these changed would
+# load parameters into another model, or continue another data stream, silently.
+RESUME_KEYS = ("model", "pretext", "optimizer.name", "dataset", "train_examples", "image_size",
+               "batch_size", "seed", "video")
+
+
+def check_resumable(saved_meta: dict, config, workdir: str):
+  """One-line error before compilation when the workdir was trained with an incompatible config."""
   now = json.loads(config.to_json())
-  for key in ("model", "pretext"):
-    if saved_meta["config"].get(key) != now.get(key):
-      raise ValueError(f"workdir {workdir} holds a checkpoint of {key} {saved_meta['config'].get(key)}, "
-                       f"but the config asks for {now.get(key)}: use a new --workdir or the saved {key} settings")
+  saved = saved_meta.get("config") or {}
+
+  def lookup(tree, dotted):
+    for part in dotted.split("."):
+      tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+  for key in RESUME_KEYS:
+    if lookup(saved, key) != lookup(now, key):
+      raise ValueError(f"workdir {workdir} holds a checkpoint of {key} {lookup(saved, key)}, but the config asks "
+                       f"for {lookup(now, key)}: use a new --workdir, or the saved {key} settings "
+                       f"(in {workdir}/config.json)")
 
 
 def checkpoint_manager(workdir: str, config=None) -> ocp.CheckpointManager:
@@ -366,15 +390,145 @@ def load_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
   return dict(restored["meta"])
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None):
-  """Trains until config.total_steps; returns (final state, last logged metrics)."""
-  mesh = mesh if mesh is not None else make_mesh()
+class Preempted(Exception):
+  """Raised by ``train`` after a preemption notice, once the checkpoint of ``step`` is complete."""
+
+  def __init__(self, step: int, workdir: str):
+    super().__init__(f"preempted: the checkpoint of step {step} in {workdir} is complete; "
+                     f"run the same command again to resume")
+    self.step = step
+
+
+class PreemptionNotice:
+  """Notices a preemption (SIGTERM) and says at which step boundary the loop saves and stops.
+
+  One process: a SIGTERM handler, installed for the run and then restored,
+  records the notice. Several processes: JAX's preemption service (started by
+  ``jax.distributed.initialize``) catches the signal on any process and picks
+  the first step every process reaches (``reached_preemption_sync_point``), so
+  all save the same step. From the notice on, a clock runs: a process still
+  alive ``grace_seconds`` later exits hard with a message, so a scheduler's
+  deadline is never overrun silently; an unfinished checkpoint is then never
+  picked as the latest, and the previous complete one is.
+  """
+
+  def __init__(self, grace_seconds: float):
+    self.grace_seconds = grace_seconds
+    self.noticed_at: float | None = None
+    self.distributed = jax.process_count() > 1
+    self._previous_handler = None
+    if not self.distributed and threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: self._notice())
+
+  def _notice(self):
+    if self.noticed_at is None:
+      self.noticed_at = time.monotonic()
+      timer = threading.Timer(self.grace_seconds, self._expire)
+      timer.daemon = True
+      timer.start()
+
+  def _expire(self):
+    os.write(2, f"sslx-train: error: the checkpoint after the preemption notice did not finish within "
+                f"config.preemption_grace_seconds={self.grace_seconds:g}: exiting; the last complete "
+                f"checkpoint stays the latest\n".encode())
+    os._exit(143)
+
+  def reached(self, step: int) -> bool:
+    if self.distributed:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self._notice()
+    return self.noticed_at is not None
+
+  def close(self):
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+
+
+class StepWatchdog:
+  """Exits the process with a one-line error when no training step finishes for ``timeout``
+  seconds (0: off), e.g. when another process of a multi-process run died and a
+  collective waits for it forever. Armed once the first step (and its compilation)
+  is done; paused around long passes that are not steps (a pretext-state refresh).
+  """
+
+  def __init__(self, timeout: float, workdir: str):
+    self.timeout, self.workdir = timeout, workdir
+    self.last_progress: float | None = None
+    self.step = 0
+    self._stopped = threading.Event()
+    if timeout > 0:
+      threading.Thread(target=self._watch, daemon=True, name="sslx-step-watchdog").start()
+
+  def progress(self, step: int):
+    self.step, self.last_progress = step, time.monotonic()
+
+  def pause(self):
+    self.last_progress = None
+
+  def _watch(self):
+    while not self._stopped.wait(min(self.timeout / 4, 5.0)):
+      if self.last_progress is not None and time.monotonic() - self.last_progress > self.timeout:
+        os.write(2, f"sslx-train: error: no training step finished for {self.timeout:g} s after step "
+                    f"{self.step} (process {jax.process_index()} of {jax.process_count()}): another process "
+                    f"probably died or hangs; restart all processes with the same command to resume "
+                    f"from the latest checkpoint in {self.workdir} (config.step_timeout_seconds sets "
+                    f"this limit)\n".encode())
+        os._exit(1)
+
+  def close(self):
+    self._stopped.set()
+
+
+def check_config(config, mesh):
+  """Config errors that need no data and no model: one line each, before anything is built."""
   num_devices = mesh.devices.size
   if config.batch_size % num_devices:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} devices: "
                      f"set --config.batch_size to a multiple of {num_devices}")
+  if config.get("on_nonfinite", "stop") not in ("stop", "skip"):
+    raise ValueError(f"unknown on_nonfinite {config.on_nonfinite!r}: use 'stop' (fail naming the step) "
+                     f"or 'skip' (drop the update and count it)")
+  if config.total_steps < 1:
+    raise ValueError(f"total_steps is {config.total_steps}: set --config.total_steps to 1 or more")
 
-  # Data: this process's shard, its own preprocessing, batches of the local size.
+
+def process_sum(values: dict) -> dict:
+  """{name: count} summed over all processes (every process must call it)."""
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils
+  names = sorted(values)
+  gathered = multihost_utils.process_allgather(np.asarray([values[n] for n in names], np.int64))
+  return dict(zip(names, (int(v) for v in np.asarray(gathered).reshape(jax.process_count(), -1).sum(0))))
+
+
+def skipped_counts(preprocess) -> dict:
+  """Examples the host dropped so far: distinct unreadable images, or clips by reason."""
+  if isinstance(preprocess, video.VideoPreprocess):
+    return {"skipped_clips_short": preprocess.skipped_short,
+            "skipped_clips_unreadable": preprocess.skipped_unreadable}
+  return {"skipped_images": len(preprocess.skipped_files)}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None):
+  """Trains until config.total_steps; returns (final state, last logged metrics).
+
+  Raises ``Preempted`` after a SIGTERM once its checkpoint is written, and
+  ``FloatingPointError`` on a non-finite step when ``config.on_nonfinite`` is
+  "stop" (the last good checkpoint stays the latest).
+  """
+  mesh = mesh if mesh is not None else make_mesh()
+  check_config(config, mesh)
+
+  # Resume: the saved config is compared first, so that a mismatch fails in a line, not in XLA.
+  manager = checkpoint_manager(workdir, config)
+  latest = manager.latest_step()
+  saved_meta = load_metadata(manager, latest) if latest is not None else {}
+  if latest is not None:
+    check_resumable(saved_meta, config, workdir)
+
+  # Data: this process's share of the global stream, its own preprocessing, batches of the local size.
   source = sources.from_config(config, config.train_split)
   preprocess = make_preprocess(config, source, train=True)
   num_examples = config.get("train_examples") or len(source)
@@ -390,12 +544,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   if hasattr(pretext, "validate"):
     pretext.validate(config)  # Pretext-specific config checks, before any compilation.
   tx, schedule = make_optimizer(config.optimizer, config.total_steps)
-
-  # Resume: compare the saved model config first, so a mismatch fails in a line, not in XLA.
-  manager = checkpoint_manager(workdir, config)
-  latest = manager.latest_step()
-  if latest is not None:
-    check_same_model(load_metadata(manager, latest), config, workdir)
 
   state, state_sharding = create_train_state(config, model, pretext, tx, mesh)
   if latest is not None:
@@ -435,6 +583,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   collect_fn = make_collect_fn(config, model, pretext) if updates_state(pretext) else None
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
                        disable=jax.process_index() != 0 or not config.get("progress_bar", True))
+  on_nonfinite = config.get("on_nonfinite", "stop")
+  # Steps whose update was dropped (on_nonfinite="skip"), carried in the checkpoints' metadata.
+  nonfinite_steps = int(saved_meta.get("nonfinite_steps", 0))
+  last_good_step = latest
+
+  checked_step = start_step
+
+  def check_finite(step_metrics, step):
+    nonlocal nonfinite_steps, checked_step
+    if step <= checked_step:  # Each step once: the save check may have seen it already.
+      return
+    checked_step = step
+    if float(step_metrics["nonfinite"]) == 0.0:
+      return
+    if on_nonfinite == "skip":
+      nonfinite_steps += 1
+      logging.warning("Non-finite loss or gradient at step %d: update skipped (%d so far).", step,
+                      nonfinite_steps)
+      return
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {step} (loss {float(step_metrics['loss'])}, gradient norm "
+        f"{float(step_metrics['grad_norm'])}): stopped; the latest checkpoint is step {last_good_step}; "
+        f"lower --config.optimizer.learning_rate, or set --config.on_nonfinite=skip to drop such steps")
+
   last_metrics: dict[str, float] = {}
   metrics = None
   # Logged metrics are means over the steps since the last log, not one batch's values: a
@@ -442,9 +614,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   metric_sums, metric_steps = None, 0
   add_metrics = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))  # One dispatch per step, not one per metric.
   tick, tick_step = time.perf_counter(), start_step
+  preemption = PreemptionNotice(config.get("preemption_grace_seconds", 30))
+  watchdog = StepWatchdog(config.get("step_timeout_seconds", 0), workdir)
+  preempted_at = None
   try:
     for step in range(start_step + 1, config.total_steps + 1):
       if refresh_due(pretext, config, step, num_examples):
+        watchdog.pause()
         state = refresh_pretext_state(config, pretext, state, source, state_sharding=state_sharding,
                                       step=step, collect_fn=collect_fn, fresh_params_fn=fresh_params)
         if hasattr(pretext, "epoch_indices"):
@@ -466,20 +642,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       metric_steps += 1
       # One step in flight: the host prepares the next batch while the device
       # computes, without queueing unboundedly many steps (and batches) ahead.
-      jax.block_until_ready(previous_metrics)
+      if previous_metrics is not None:
+        check_finite(jax.device_get(previous_metrics), step - 1)
+        watchdog.progress(step - 1)
       progress.update(1)
       if step % config.log_every == 0 or step == config.total_steps:
         last_metrics = {k: float(v) / metric_steps for k, v in jax.device_get(metric_sums).items()}
+        last_metrics.pop("nonfinite")
         last_metrics["learning_rate"] = float(metrics["learning_rate"])  # The current one.
         metric_sums, metric_steps = None, 0
         now = time.perf_counter()
         # Source examples (images or clips) per second; the pretext may turn each into several inputs.
         last_metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
-        if isinstance(preprocess, video.VideoPreprocess):
-          last_metrics["skipped_clips_short"] = preprocess.skipped_short
-          last_metrics["skipped_clips_unreadable"] = preprocess.skipped_unreadable
-        else:
-          last_metrics["skipped_images"] = preprocess.skipped
+        last_metrics.update(process_sum(skipped_counts(preprocess)))
+        last_metrics["nonfinite_steps"] = nonfinite_steps
         tick, tick_step = now, step
         shown = {"loss": f"{last_metrics['loss']:.3f}"}
         if "accuracy" in last_metrics:  # Regression pretexts have none.
@@ -489,20 +665,48 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
           for name, value in last_metrics.items():
             writer.add_scalar(f"train/{name}", value, step)
           writer.flush()
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
-          meta=ocp.args.JsonSave(meta)), force=step == config.total_steps)
+      stop = preemption.reached(step)
+      force = step == config.total_steps or stop
+      if force or manager.should_save(step):
+        check_finite(jax.device_get(metrics), step)  # Never checkpoint past a non-finite step.
+        if manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+            meta=ocp.args.JsonSave(dict(meta, nonfinite_steps=nonfinite_steps))), force=force):
+          last_good_step = step
+      if stop:
+        preempted_at = step
+        break
   finally:
     # Also on a crash: finish the checkpoint being written, so the last good one
     # is complete; an unfinished one stays a tmp dir that restore never picks.
     manager.wait_until_finished()
+    watchdog.close()
+    preemption.close()
     progress.close()
     if writer is not None:
       writer.close()
-  if preprocess.skipped:
-    logging.warning("Skipped %d unreadable or too short %s.", preprocess.skipped,
-                    "clips" if media_key(config) == "video" else "images")
+  if preempted_at is not None:
+    raise Preempted(preempted_at, workdir)
+  skipped = process_sum(skipped_counts(preprocess))
+  if any(skipped.values()) and jax.process_index() == 0:
+    logging.warning("Skipped (unreadable or too short, over all processes): %s", skipped)
   return state, last_metrics
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, *, heartbeat_timeout_seconds: int = 100,
+                           initialization_timeout: int = 300):
+  """Joins JAX's multi-controller runtime; call before any computation.
+
+  With no arguments JAX finds the cluster itself (TPU pods, SLURM, Open MPI,
+  or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). A process
+  that stops answering for ``heartbeat_timeout_seconds`` makes the coordination
+  service fail every other process with an error, rather than leave them
+  waiting forever in a collective.
+  """
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=initialization_timeout,
+                             heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 def _define_flags():
@@ -514,6 +718,9 @@ def _define_flags():
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (distributed).")
   flags.DEFINE_integer("num_processes", None, "Number of processes (distributed).")
   flags.DEFINE_integer("process_id", None, "This process's index (distributed).")
+  flags.DEFINE_integer("heartbeat_timeout", 100,
+                       "Seconds without a heartbeat after which a process counts as dead and the "
+                       "others fail (distributed).")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -539,12 +746,22 @@ def main(argv):
   if not args["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
   if args.distributed:
-    # With no arguments JAX detects TPU pods, SLURM and Open MPI by itself.
-    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                           heartbeat_timeout_seconds=args.heartbeat_timeout)
   try:
     _, metrics = train(args.config, args.workdir)
-  except (ValueError, FileNotFoundError) as e:  # Bad input: one line, no traceback.
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # Bad input: one line, no traceback.
     raise SystemExit(f"sslx-train: error: {e}") from None
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective whose peer is gone (gloo: "Connection closed by peer"): say what it means.
+    raise SystemExit(f"sslx-train: error: a collective failed on process {jax.process_index()} of "
+                     f"{jax.process_count()} ({str(e).splitlines()[0][:160]}): another process probably died; "
+                     f"restart all processes with the same command to resume from the latest checkpoint") from None
+  except Preempted as e:
+    print(f"sslx-train: {e}", file=sys.stderr, flush=True)
+    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
   if jax.process_index() == 0:
     print(json.dumps({"final_metrics": metrics}))
 

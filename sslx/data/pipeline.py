@@ -1,13 +1,20 @@
-"""grain pipelines: per-process shard, seeded shuffle, host ops, batch, prefetch.
+"""grain pipelines: one global training order, per-process slices, host ops, batch, prefetch.
 
-Each process reads the disjoint shard ``source[process_index::process_count]``
-(sizes differ by at most one), reshuffled every epoch from one seed. Host ops
-draw their randomness from grain's per-element generator (seed x element
-index), so the stream is a pure function of (seed, position): the iterator's
-``get_state()`` is all a checkpoint needs for an exact resume.
+Training visits the examples in a fresh seeded permutation every epoch. That
+global stream is cut into global batches, and process p reads rows
+[p*b, (p+1)*b) of each (b = global batch / process count). So the global batch
+of every step, and each example's augmentation (drawn from a generator seeded
+by (seed, position in the global stream)), are the same whether 1 process or
+a pod of 64 feeds the devices: a run's losses do not depend on its process
+count, and within an epoch the processes read disjoint examples that together
+cover the dataset. The stream is a pure function of (seed, position), so the
+iterator's ``get_state()`` is all a checkpoint needs for an exact resume.
+
+Evaluation passes read the disjoint ordered shards ``source[p::P]``.
 
 Unreadable images are dropped after decoding and counted in
-``Preprocess.skipped``; the run goes on.
+``Preprocess.skipped`` (events) and ``Preprocess.skipped_files`` (distinct
+files); the run goes on with the next readable example.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ class Preprocess:
     self.flip = flip
     self.train = train
     self.skipped = 0
+    self.skipped_files: set[int] = set()  # Source indices found unreadable (each counted once).
     self._lock = threading.Lock()  # grain calls us from several reader threads.
 
   def __call__(self, record, rng: np.random.Generator | None = None):
@@ -40,6 +48,7 @@ class Preprocess:
     if image is None:
       with self._lock:
         self.skipped += 1
+        self.skipped_files.add(int(record.get("index", -1)))
       return None
     image = image_ops.resize_shorter_side(image, self.resize_size)
     if self.train:
@@ -67,54 +76,83 @@ class _Indexed:
     return dict(self.source[index], index=index)
 
 
-class _Subset:
-  """The records ``source[indices[i]]`` (repeats allowed), carrying their true source index."""
+class _GlobalStream:
+  """Process ``process_index``'s records of the endless global training stream.
 
-  def __init__(self, source, indices):
-    self.source = source
-    self.indices = np.asarray(indices, np.int64)
+  Global stream position g visits ``positions[perm_e[g % N]]``, with perm_e a
+  permutation of the N positions seeded by (seed, epoch e = g // N). Local
+  record j of process p is global position ``(j // b) * b * P + p * b + j % b``:
+  row p*b + j % b of global batch j // b. Records carry their source ``index``
+  and a generator seeded by (seed, g) for their host augmentation.
+  """
+
+  def __init__(self, source, positions, *, seed: int, local_batch: int, process_index: int,
+               process_count: int):
+    self.source, self.positions, self.seed = source, np.asarray(positions, np.int64), seed
+    self.local_batch, self.process_index, self.process_count = local_batch, process_index, process_count
+    self._permutations: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
 
   def __len__(self):
-    return len(self.indices)
+    return 2**62  # Endless (grain needs a length): epochs follow each other.
 
-  def __getitem__(self, i):
-    index = int(self.indices[i])
-    return dict(self.source[index], index=index)
+  def permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._permutations:
+        if len(self._permutations) > 2:  # Readers straddle at most two epochs.
+          del self._permutations[min(self._permutations)]
+        self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.positions))
+      return self._permutations[epoch]
+
+  def global_position(self, j: int) -> int:
+    b = self.local_batch
+    return (j // b) * b * self.process_count + self.process_index * b + j % b
+
+  def __getitem__(self, j):
+    g = self.global_position(j)
+    epoch, offset = divmod(g, len(self.positions))
+    index = int(self.positions[self.permutation(epoch)[offset]])
+    return dict(self.source[index], index=index, stream_position=g)
 
 
 def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, train: bool,
                  num_examples: int | None = None, process_index: int = 0, process_count: int = 1,
                  num_threads: int = 2, prefetch: int = 256,
                  indices: np.ndarray | None = None) -> grain.IterDataset:
-  """This process's batches of ``batch_size``: endless and shuffled when training,
-  one ordered pass with a smaller last batch otherwise.
+  """This process's batches of ``batch_size`` (its share of the global batch): the endless
+  global training stream when training (module docstring), one ordered pass over the shard
+  ``source[p::P]`` with a smaller last batch otherwise.
 
   Every example carries ``index``, its position in the source, which pretexts
   with per-example identities (exemplar classes, cluster assignments) use.
-  ``num_examples`` keeps the first n examples of the source (before sharding).
-  ``indices`` (training only) visits those source positions instead, repeats
-  allowed: an epoch chosen by a pretext (DeepCluster's uniform sampling over
-  clusters), reshuffled at each pass.
+  ``num_examples`` keeps the first n examples of the source. ``indices``
+  (training only) visits those source positions instead, repeats allowed: an
+  epoch chosen by a pretext (DeepCluster's uniform sampling over clusters),
+  reshuffled at each pass.
   """
   if num_examples is not None and not 0 < num_examples <= len(source):
     raise ValueError(f"num_examples {num_examples} is outside 1..{len(source)} (the source's size): "
                      f"lower --config.train_examples or use a larger dataset")
-  if indices is not None:
-    bad = (np.asarray(indices) < 0) | (np.asarray(indices) >= len(source))
-    if bad.any():
-      raise ValueError(f"epoch indices hold {int(bad.sum())} positions outside 0..{len(source) - 1}: "
-                       f"the pretext state does not match this dataset, use a new --workdir")
-    ds = grain.MapDataset.source(_Subset(source, indices))
-  else:
+  if not train:
     ds = grain.MapDataset.source(_Indexed(source))
-  if num_examples is not None and indices is None:
-    ds = ds[:num_examples]
-  ds = ds[process_index::process_count]
-  if train:
-    ds = ds.shuffle(seed=seed).repeat()  # shuffle before repeat: a new order every epoch.
-    ds = ds.random_map(preprocess, seed=seed)
+    if num_examples is not None:
+      ds = ds[:num_examples]
+    ds = ds[process_index::process_count].map(preprocess)
   else:
-    ds = ds.map(preprocess)
+    if indices is not None:
+      positions = np.asarray(indices, np.int64)
+      bad = (positions < 0) | (positions >= len(source))
+      if bad.any():
+        raise ValueError(f"epoch indices hold {int(bad.sum())} positions outside 0..{len(source) - 1}: "
+                         f"the pretext state does not match this dataset, use a new --workdir")
+    else:
+      positions = np.arange(num_examples or len(source))
+    stream = _GlobalStream(source, positions, seed=seed, local_batch=batch_size,
+                           process_index=process_index, process_count=process_count)
+    # Augmentation keyed by the global position, not by grain's per-process element index,
+    # so that it too is independent of the process count.
+    ds = grain.MapDataset.source(stream).map(
+        lambda record: preprocess(record, np.random.default_rng([seed, record.pop("stream_position")])))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   it = it.filter(lambda record: record is not None)
   return it.batch(batch_size, drop_remainder=train)

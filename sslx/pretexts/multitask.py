@@ -19,6 +19,7 @@ size (choose one that suits the patch pretexts, e.g. 64 px).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -65,7 +66,13 @@ def validate(config) -> None:
       raise ValueError(f"multitask: task {label!r} needs a weight >= 0, got {sub.get('weight')}: "
                        f"set --config.pretext.tasks.{label}.weight")
     if hasattr(module, "validate"):
-      module.validate(ml_collections.ConfigDict(dict(config.to_dict(), pretext=sub.to_dict())))
+      # The task's own checks see the shared config (image size, video window) with its sub-config as
+      # the pretext; its overrides then live under pretext.tasks.<label>.
+      try:
+        module.validate(ml_collections.ConfigDict(dict(config.to_dict(), pretext=sub.to_dict())))
+      except ValueError as e:
+        message = re.sub(r"\bpretext\.(?!tasks\.)", f"pretext.tasks.{label}.", str(e))
+        raise ValueError(f"multitask task {label!r} ({sub.name}): {message}") from None
 
 
 def make_inputs(rng, batch, cfg):

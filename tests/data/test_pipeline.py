@@ -36,15 +36,45 @@ def test_process_shards_are_disjoint_and_cover_one_epoch():
   for a, b in itertools.combinations(seen, 2):
     assert not set(a) & set(b)
   assert sorted(np.concatenate(seen)) == list(range(n))
-  # The training stream of each process stays inside its shard, reshuffled per epoch.
-  pre_train = pipeline.Preprocess(image_size=4, train=True)
-  ds = pipeline.make_dataset(IndexSource(n), pre_train, batch_size=5, seed=1, train=True,
-                             process_index=1, process_count=processes)
-  labels = _labels(ds, 10)
-  assert set(labels) <= set(seen[1])
-  epoch = len(seen[1])
-  assert sorted(labels[:epoch]) == sorted(seen[1])
-  assert not np.array_equal(labels[:epoch], labels[epoch:2 * epoch])
+
+
+def _global_batches(source, pre, *, processes, global_batch, steps, seed=1, **kwargs):
+  """The global batches that ``processes`` processes feed, rows of each process side by side."""
+  parts = []
+  for p in range(processes):
+    it = iter(pipeline.make_dataset(source, pre, batch_size=global_batch // processes, seed=seed,
+                                    train=True, process_index=p, process_count=processes, **kwargs))
+    parts.append([next(it) for _ in range(steps)])
+  return [{k: np.concatenate([parts[p][s][k] for p in range(processes)]) for k in ("image", "index")}
+          for s in range(steps)]
+
+
+def test_training_stream_is_the_same_for_any_process_count_and_disjoint_per_epoch():
+  n, global_batch = 37, 8
+  pre = pipeline.Preprocess(image_size=4, train=True)
+  one = _global_batches(IndexSource(n), pre, processes=1, global_batch=global_batch, steps=14)
+  for processes in (2, 4):
+    many = _global_batches(IndexSource(n), pre, processes=processes, global_batch=global_batch, steps=14)
+    for a, b in zip(one, many):
+      np.testing.assert_array_equal(a["index"], b["index"])
+  stream = np.concatenate([b["index"] for b in one])
+  for epoch in range(len(stream) // n):  # Every epoch visits each example once, in a new order.
+    assert sorted(stream[epoch * n:(epoch + 1) * n]) == list(range(n))
+  assert not np.array_equal(stream[:n], stream[n:2 * n])
+
+
+def test_augmentation_is_the_same_for_any_process_count(sample_images):
+  source = sources.get_source("sample", "train")
+  pre = pipeline.Preprocess(image_size=32, crop_padding=4, flip=True, train=True)
+  one = _global_batches(source, pre, processes=1, global_batch=8, steps=2, num_examples=64)
+  two = _global_batches(source, pre, processes=2, global_batch=8, steps=2, num_examples=64)
+  for a, b in zip(one, two):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  # Crops and flips really are random: the same example differs between epochs.
+  again = _global_batches(source, pre, processes=1, global_batch=64, steps=2, num_examples=64)
+  first, second = again
+  order = np.argsort(second["index"])[np.argsort(np.argsort(first["index"]))]
+  assert not np.array_equal(first["image"], second["image"][order])
 
 
 def test_index_is_the_source_position_in_every_epoch_and_subset():

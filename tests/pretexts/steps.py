@@ -1,11 +1,12 @@
-"""A few gradient steps of a pretext on a fixed batch: the "loss goes down" check."""
+"""A few gradient steps of a pretext on a fixed batch: the "loss goes down" check; and the
+abstract inputs of a config, for checks that ``validate``'s bounds are the ones ``make_inputs`` needs."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslx import models
+from sslx import configs, models
 
 TINY_CONVNET = {"name": "convnet", "widths": (8, 16, 16), "kernel_sizes": (3, 3, 3)}
 
@@ -50,3 +51,23 @@ def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, mode
     params, batch_stats, opt_state, value, metrics = step(params, batch_stats, opt_state)
     values.append(float(value))
   return values, jax.device_get(metrics)
+
+
+def experiment_config(pretext_cfg, *, image_size, num_frames=None):
+  """``configs.base()`` (``base_video()`` with ``num_frames``) with this pretext and image size."""
+  config = configs.base() if num_frames is None else configs.base_video()
+  config.pretext = pretext_cfg
+  config.image_size = image_size
+  if num_frames is not None:
+    config.video.num_frames = num_frames
+  return config
+
+
+def abstract_inputs(pretext, config):
+  """``make_inputs`` under ``jax.eval_shape`` on a batch of 2 of the config's size: its inputs' shapes."""
+  frames = (config.video.num_frames,) if config.get("video") is not None else ()
+  key = "video" if frames else "image"
+  media = jax.ShapeDtypeStruct((2,) + frames + (config.image_size, config.image_size, 3), jnp.float32)
+  inputs, _ = jax.eval_shape(lambda rng, x: pretext.make_inputs(rng, {key: x}, config.pretext),
+                             jax.random.PRNGKey(0), media)
+  return jax.tree.map(lambda a: a.shape, inputs)

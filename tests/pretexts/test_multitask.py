@@ -4,9 +4,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslx import pretexts
+from sslx import configs, pretexts
 from sslx.pretexts import multitask
 from sslx.pretexts.image import jigsaw, rotation
+from tests.conftest import REPO
 from tests.pretexts import steps
 
 
@@ -64,3 +65,38 @@ def test_loss_decreases_on_real_images(sample_images):
   values, metrics = steps.losses_over_steps(multitask, mixed_cfg(), {"image": images}, steps=20)
   assert values[-1] < values[0] - 0.3, values
   assert 0.0 <= float(metrics["jigsaw/accuracy"]) <= 1.0
+
+
+def test_experiment_config_passes_validate():
+  for arg in (None, "quick"):
+    multitask.validate(configs.load(REPO / "experiments" / "multitask_convnet_cifar10.py", arg))
+
+
+def test_validate_runs_each_tasks_checks_on_the_shared_image_size():
+  # mixed_cfg's jigsaw is 2x2: 18 px images give 9 px cells and 8 px tiles, 17 px do not.
+  assert jigsaw.min_image_size(mixed_cfg().tasks.jigsaw) == 18
+  inside = steps.experiment_config(mixed_cfg(), image_size=18)
+  multitask.validate(inside)
+  shapes = steps.abstract_inputs(multitask, inside)
+  assert shapes["jigsaw"]["image"] == (8, 8, 8, 3) and shapes["rotation"]["image"] == (8, 18, 18, 3)
+  outside = steps.experiment_config(mixed_cfg(), image_size=17)
+  with pytest.raises(ValueError, match=r"multitask task 'jigsaw' \(image.jigsaw\): jigsaw needs image_size >= "
+                                       r"2 \* 9 = 18 .*\(got 17: .*raise --config.image_size to 18"):
+    multitask.validate(outside)
+  with pytest.raises(ValueError, match=r"jigsaw needs image_size >= 2 \* 9 = 18"):
+    steps.abstract_inputs(multitask, outside)
+
+
+def test_task_errors_point_at_the_tasks_own_fields():
+  cfg = mixed_cfg()
+  cfg.tasks.jigsaw.num_permutations = 25
+  with pytest.raises(ValueError, match=r"multitask task 'jigsaw' .*num_permutations 25 is not available.*"
+                                       r"set --config.pretext.tasks.jigsaw.num_permutations in \[2, 24\]"):
+    multitask.validate(steps.experiment_config(cfg, image_size=32))
+  cfg = mixed_cfg()
+  cfg.tasks.transformation = multitask.task("image.relative_transformation", view_size=40)
+  with pytest.raises(ValueError, match=r"multitask task 'transformation' .*view_size 40 exceeds the 32 x 32 "
+                                       r"images: set --config.pretext.tasks.transformation.view_size <= 32"):
+    multitask.validate(steps.experiment_config(cfg, image_size=32))
+  with pytest.raises(ValueError, match=r"multitask task 'jigsaw' .*jigsaw cuts images.*video section"):
+    multitask.validate(steps.experiment_config(mixed_cfg(), image_size=32, num_frames=8))

@@ -68,6 +68,18 @@ def validate(config) -> None:
                      f"--config.pretext.fraction in (0, 1), e.g. 0.25")
   if cfg.corruption == "gaussian" and not cfg.sigma > 0.0:
     raise ValueError(f"denoising: sigma {cfg.sigma} adds no noise: set --config.pretext.sigma > 0, e.g. 0.2")
+  if cfg.corruption != "gaussian":
+    # Exactly round(fraction * units) units per example are corrupted (choose_exactly).
+    units = config.image_size ** 2 * (1 if cfg.unit == "pixel" else 3)
+    chosen = round(cfg.fraction * units)
+    if not 1 <= chosen < units:
+      raise ValueError(f"denoising: fraction {cfg.fraction} of the {units} {cfg.unit}s of a "
+                       f"{config.image_size} px image corrupts {chosen}: set --config.pretext.fraction to "
+                       f"corrupt 1 to {units - 1}, e.g. 0.25")
+  if cfg.get("output_size") is not None and cfg.output_size != config.image_size:
+    # The bare head (multi-task) decodes to output_size; the loss compares it with the image_size image.
+    raise ValueError(f"denoising: output_size {cfg.output_size} differs from image_size {config.image_size}: "
+                     f"set --config.pretext.output_size={config.image_size}")
 
 
 def choose_exactly(rng, shape, fraction: float):

@@ -112,6 +112,17 @@ def validate(config) -> None:
     if high * high > cfg.coverage:
       raise ValueError(f"inpainting: a {high} x {high} block alone exceeds coverage {cfg.coverage}: lower "
                        f"--config.pretext.block_size_range's upper end below {np.sqrt(cfg.coverage):.3f}")
+    if cfg.max_blocks < 1:
+      raise ValueError(f"inpainting: max_blocks {cfg.max_blocks} drops no block: set "
+                       f"--config.pretext.max_blocks >= 1, e.g. 16")
+  if cfg.mask == "random_region" and cfg.region_cells < 2:
+    # One cell upsamples to a constant, all of it at the coverage quantile: the whole image is dropped.
+    raise ValueError(f"inpainting: region_cells {cfg.region_cells} gives no blobs (uniform noise on a 1x1 grid "
+                     f"is flat): set --config.pretext.region_cells >= 2, e.g. 4")
+  if cfg.get("output_size") is not None and cfg.output_size != config.image_size:
+    # The bare head (multi-task) decodes to output_size; the loss compares it with the image_size image.
+    raise ValueError(f"inpainting: output_size {cfg.output_size} differs from image_size {config.image_size}: "
+                     f"set --config.pretext.output_size={config.image_size}")
 
 
 # --- Masks: (B, H, W) booleans, True where the pixel is dropped. -------------------------------------

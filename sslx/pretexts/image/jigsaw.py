@@ -44,6 +44,9 @@ import numpy as np
 from sslx import augment, losses
 from sslx.models import layers
 
+MIN_TILE = 8  # Pixels: smaller tiles carry too little content to be placed.
+GRIDS = (2, 3)  # The set is chosen among all (grid**2)! orders: 9! = 362880 for 3x3, 16! is out of reach.
+
 
 def default_config() -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
@@ -121,15 +124,57 @@ def permutation_set(n: int, size: int, seed: int = 0, criterion: str = "maxmin")
 # --- Pseudo-labels. --------------------------------------------------------------------------
 
 
+def min_image_size(cfg) -> int:
+  """The smallest image side whose cells hold tiles of ``MIN_TILE`` px (0 < tile_fraction <= 1)."""
+  cell = 1
+  while round(cell * cfg.tile_fraction) < MIN_TILE:
+    cell += 1
+  return cfg.grid * cell
+
+
+def _too_small(image_size: int, cell: int, tile: int, cfg) -> str:
+  need = min_image_size(cfg)
+  other = ", or use --config.pretext.grid=2" if cfg.grid == 3 else ""
+  return (f"jigsaw needs image_size >= {cfg.grid} * {need // cfg.grid} = {need} for {MIN_TILE} px tiles at "
+          f"tile_fraction {cfg.tile_fraction:.3f} (got {image_size}: {cell} px cells, {tile} px tiles): "
+          f"raise --config.image_size to {need} or more{other}")
+
+
 def tile_geometry(image_size: int, cfg) -> tuple[int, int]:
   """(cell, tile) sides in pixels; a one-line error when the image is too small."""
+  if not 0.0 < cfg.tile_fraction <= 1.0:
+    raise ValueError(f"jigsaw: tile_fraction {cfg.tile_fraction} must be in (0, 1], a tile is cut inside "
+                     f"its cell: set --config.pretext.tile_fraction (the paper: 64/75 = 0.853)")
   cell = image_size // cfg.grid
   tile = int(round(cell * cfg.tile_fraction))
-  if tile < 8 or tile > cell:
-    raise ValueError(f"jigsaw: {image_size} px images give {cell} px cells and {tile} px tiles for a "
-                     f"{cfg.grid}x{cfg.grid} grid; tiles need 8 px or more: raise --config.image_size "
-                     f"(e.g. upsample CIFAR to 64 with --config.resize_size=64) or use grid=2")
+  if tile < MIN_TILE:
+    raise ValueError(_too_small(image_size, cell, tile, cfg))
   return cell, tile
+
+
+def validate(config) -> None:
+  """Before compilation: a known grid, an available permutation count, tiles that fit the image."""
+  cfg, size = config.pretext, config.image_size
+  if config.get("video") is not None:
+    raise ValueError("jigsaw cuts images, but this config has a video section (clips): start the "
+                     "experiment config from configs.base()")
+  if cfg.grid not in GRIDS:
+    raise ValueError(f"jigsaw: grid {cfg.grid} is not supported: set --config.pretext.grid to 3 (the paper) "
+                     f"or 2 (small images); the permutation set is chosen among all (grid**2)! orders")
+  available = math.factorial(cfg.grid ** 2)
+  if not 2 <= cfg.num_permutations <= available:
+    raise ValueError(f"jigsaw: num_permutations {cfg.num_permutations} is not available for a "
+                     f"{cfg.grid}x{cfg.grid} grid, which has {available} orders of its tiles: set "
+                     f"--config.pretext.num_permutations in [2, {available}] (the paper: 100 or 1000)")
+  if cfg.criterion not in ("maxmin", "mean"):
+    raise ValueError(f"jigsaw: unknown criterion {cfg.criterion!r}: use 'maxmin' or 'mean'")
+  if not 0.0 <= cfg.grey_probability <= 1.0:
+    raise ValueError(f"jigsaw: grey_probability {cfg.grey_probability} must be in [0, 1]: set "
+                     f"--config.pretext.grey_probability (0.66 as Kolesnikov et al.)")
+  if not 0.0 <= cfg.channel_jitter < 1.0:
+    raise ValueError(f"jigsaw: channel_jitter {cfg.channel_jitter} must be in [0, 1) (gains in [1 - j, 1 + j] "
+                     f"stay positive): set --config.pretext.channel_jitter, e.g. 0.2")
+  tile_geometry(size, cfg)  # Also checks tile_fraction.
 
 
 def cut_tiles(rng, images, cfg):

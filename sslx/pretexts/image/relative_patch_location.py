@@ -44,6 +44,7 @@ CENTRE = 4
 NEIGHBOUR_CELLS = np.array([0, 1, 2, 3, 5, 6, 7, 8])
 # (row, column) offset of the neighbour from the centre, per label.
 OFFSETS = np.stack(np.divmod(NEIGHBOUR_CELLS, 3), -1) - 1
+COLOURS = ("drop", "project", "none")  # Chromatic-aberration countermeasures (see the docstring).
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -69,13 +70,37 @@ def layout_extent(cfg) -> int:
   return 3 * cfg.patch_size + 2 * cfg.gap + 2 * cfg.jitter
 
 
-def patch_corners(rng, batch_size: int, image_size: int, cfg):
-  """Top-left corners ``(B, 9, 2)`` (row, column) of the 9 patches, raster order."""
+def _check_extent(image_size: int, cfg) -> None:
   extent = layout_extent(cfg)
   if extent > image_size:
-    raise ValueError(f"relative_patch_location: 3 patches of {cfg.patch_size} px with {cfg.gap} px gaps and "
-                     f"{cfg.jitter} px jitter span {extent} px, more than the {image_size} px image: "
-                     f"lower patch_size/gap/jitter or raise --config.image_size (e.g. --config.resize_size=64)")
+    raise ValueError(f"relative_patch_location needs image_size >= 3*patch_size + 2*gap + 2*jitter = "
+                     f"3*{cfg.patch_size} + 2*{cfg.gap} + 2*{cfg.jitter} = {extent} (got {image_size}): "
+                     f"raise --config.image_size to {extent} or lower --config.pretext.patch_size/gap/jitter")
+
+
+def validate(config) -> None:
+  """Before compilation: the jittered 3x3 layout fits the image, and known options."""
+  cfg = config.pretext
+  if config.get("video") is not None:
+    raise ValueError("relative_patch_location cuts images, but this config has a video section (clips): "
+                     "start the experiment config from configs.base()")
+  if cfg.patch_size < 1 or cfg.gap < 0 or cfg.jitter < 0:
+    raise ValueError(f"relative_patch_location: patch_size {cfg.patch_size} must be >= 1 and gap {cfg.gap}, "
+                     f"jitter {cfg.jitter} >= 0 (a negative one overlaps or misplaces patches): the paper's "
+                     f"proportions at 64 px are 15, 7, 1")
+  if cfg.colour not in COLOURS:
+    raise ValueError(f"relative_patch_location: unknown colour {cfg.colour!r}: use one of {COLOURS}")
+  if not 0.0 <= cfg.downsample_probability <= 1.0 or not 0.0 < cfg.downsample_min_fraction <= 1.0:
+    raise ValueError(f"relative_patch_location: downsample_probability {cfg.downsample_probability} must be "
+                     f"in [0, 1] and downsample_min_fraction {cfg.downsample_min_fraction} in (0, 1] (the blur "
+                     f"is 0.5 / fraction px): deepcontext uses 1/3 and 0.25")
+  _check_extent(config.image_size, cfg)
+
+
+def patch_corners(rng, batch_size: int, image_size: int, cfg):
+  """Top-left corners ``(B, 9, 2)`` (row, column) of the 9 patches, raster order."""
+  _check_extent(image_size, cfg)
+  extent = layout_extent(cfg)
   origin_rng, jitter_rng = jax.random.split(rng)
   origin = jax.random.randint(origin_rng, (batch_size, 1, 2), 0, image_size - extent + 1) + cfg.jitter
   step = cfg.patch_size + cfg.gap
@@ -92,7 +117,7 @@ def _prepare(rng, patches, cfg):
   elif cfg.colour == "project":
     patches = augment.project_colour(patches)
   elif cfg.colour != "none":
-    raise ValueError(f"relative_patch_location: unknown colour {cfg.colour!r}: use 'drop', 'project' or 'none'")
+    raise ValueError(f"relative_patch_location: unknown colour {cfg.colour!r}: use one of {COLOURS}")
   if cfg.downsample_probability > 0:
     patches = augment.random_downsample(down_rng, patches, cfg.downsample_probability,
                                         cfg.downsample_min_fraction)

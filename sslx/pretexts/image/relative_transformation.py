@@ -64,6 +64,7 @@ from sslx.models import layers
 
 TRANSFORMS = ("similarity", "homography")
 TARGETS = ("regression", "bins")
+MIN_VIEW = 8  # Pixels: a smaller view leaves the backbone almost nothing to compare.
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -101,6 +102,58 @@ def _check_target(cfg):
     raise ValueError(f"relative_transformation: unknown target {cfg.target!r}: use 'regression' or 'bins'")
 
 
+def _check_view(height: int, width: int, cfg) -> None:
+  size = cfg.view_size
+  if size > min(height, width):
+    raise ValueError(f"relative_transformation: view_size {size} exceeds the {height} x {width} images: set "
+                     f"--config.pretext.view_size <= {min(height, width)} (24 for 32 px images) or raise "
+                     f"--config.image_size to {size}")
+  if size < MIN_VIEW:
+    raise ValueError(f"relative_transformation: view_size {size} is below {MIN_VIEW} px, too small for the "
+                     f"backbone: set --config.pretext.view_size >= {MIN_VIEW} (24 for 32 px images)")
+
+
+def max_corner_shift(view_size: int) -> float:
+  """The corner_shift from which the moved corners can fold the view.
+
+  The corners span ``view_size - 1`` px and each moves up to ``corner_shift * view_size`` px per axis;
+  moving TL inwards and TR, BL up-left by that much puts TL on the line TR-BL once
+  ``4 * corner_shift * view_size >= view_size - 1``: a non-convex quadrilateral, which no homography
+  maps the square to without sending part of the view to infinity.
+  """
+  return (view_size - 1) / (4 * view_size)
+
+
+def validate(config) -> None:
+  """Before compilation: known options, views inside the image, ranges in which every parameter of
+  T changes the view (a parameter without effect would be a target of pure noise)."""
+  cfg = config.pretext
+  if config.get("video") is not None:
+    raise ValueError("relative_transformation warps images, but this config has a video section (clips): "
+                     "start the experiment config from configs.base()")
+  num_params(cfg)  # Raises on an unknown transform.
+  _check_target(cfg)
+  if cfg.target == "bins" and cfg.num_bins < 2:
+    raise ValueError(f"relative_transformation: num_bins {cfg.num_bins} leaves nothing to classify: set "
+                     f"--config.pretext.num_bins >= 2, e.g. 8")
+  _check_view(config.image_size, config.image_size, cfg)
+  if cfg.transform == "similarity" and not (0 < cfg.max_angle <= 180 and cfg.max_scale > 1
+                                            and cfg.max_translation > 0):
+    raise ValueError(f"relative_transformation: max_angle {cfg.max_angle} must be in (0, 180] (beyond, "
+                     f"angles wrap around), max_scale {cfg.max_scale} > 1 and max_translation "
+                     f"{cfg.max_translation} > 0 (else that target has no effect on the views): set "
+                     f"--config.pretext.max_angle/max_scale/max_translation (defaults 30, 1.25, 0.15)")
+  limit = max_corner_shift(cfg.view_size)
+  if cfg.transform == "homography" and not 0 < cfg.corner_shift < limit:
+    raise ValueError(f"relative_transformation: corner_shift {cfg.corner_shift} must be in (0, {limit:.4f}) "
+                     f"for {cfg.view_size} px views: from (view_size - 1) / (4 * view_size) on, the moved "
+                     f"corners can fold the view: set --config.pretext.corner_shift, e.g. 0.125")
+  if not (0 <= cfg.base_angle <= 180 and cfg.base_scale >= 1 and cfg.base_translation >= 0):
+    raise ValueError(f"relative_transformation: base_angle {cfg.base_angle} must be in [0, 180], base_scale "
+                     f"{cfg.base_scale} >= 1 and base_translation {cfg.base_translation} >= 0: set "
+                     f"--config.pretext.base_angle/base_scale/base_translation (defaults 10, 1.1, 0.05)")
+
+
 def _similarities(rng, batch_size, size, max_angle, max_scale, max_translation):
   """Uniform similarities: (normalised params (B, 4) in [-1, 1], matrices (B, 3, 3))."""
   params = jax.random.uniform(rng, (batch_size, 4), minval=-1.0, maxval=1.0)
@@ -131,12 +184,7 @@ def make_inputs(rng, batch, cfg):
   images = batch["image"]
   batch_size, height, width = images.shape[:3]
   size = cfg.view_size
-  if size > min(height, width):
-    raise ValueError(f"relative_transformation: view_size {size} exceeds the {height} x {width} images: "
-                     f"set view_size <= {min(height, width)} (24 for 32 px images) or raise --config.image_size")
-  if size < 8:
-    raise ValueError(f"relative_transformation: view_size {size} is below 8 px, too small for the "
-                     f"backbone: set view_size >= 8 (24 for 32 px images)")
+  _check_view(height, width, cfg)
   _check_target(cfg)
   base_rng, transform_rng = jax.random.split(rng)
   _, base = _similarities(base_rng, batch_size, size, cfg.base_angle, cfg.base_scale, cfg.base_translation)

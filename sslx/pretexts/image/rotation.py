@@ -36,6 +36,14 @@ def default_config() -> ml_collections.ConfigDict:
   return cfg
 
 
+def validate(config) -> None:
+  """Before compilation. Any square image turns exactly (the pipeline crops image_size squares), so
+  the only geometry that can clash is clips instead of images."""
+  if config.get("video") is not None:
+    raise ValueError("rotation turns images, but this config has a video section (clips): start the "
+                     "experiment config from configs.base()")
+
+
 def all_rotations(images):
   """(B, H, W, C) -> (B, 4, H, W, C): each image turned 0, 90, 180, 270 degrees."""
   return jnp.stack([jnp.rot90(images, r, axes=(1, 2)) for r in range(NUM_ROTATIONS)], axis=1)

@@ -81,6 +81,10 @@ def validate(config) -> None:
   if not 0.0 < low <= high <= 1.0:
     raise ValueError(f"simclr: crop_scale {tuple(cfg.crop_scale)} must satisfy 0 < low <= high <= 1: "
                      f"set --config.pretext.crop_scale='(0.08, 1.0)'")
+  low, high = cfg.crop_ratio
+  if not 0.0 < low <= high:
+    raise ValueError(f"simclr: crop_ratio {tuple(cfg.crop_ratio)} must satisfy 0 < low <= high (box width / "
+                     f"height, log-uniform): set --config.pretext.crop_ratio='(0.75, 1.3333)'")
 
 
 def blur_kernel_size(side: int) -> int:

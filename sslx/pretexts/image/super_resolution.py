@@ -73,6 +73,10 @@ def validate(config) -> None:
   if cfg.perceptual_weight < 0:
     raise ValueError(f"super_resolution: perceptual_weight {cfg.perceptual_weight} < 0: set "
                      f"--config.pretext.perceptual_weight to 0 (off) or more")
+  if cfg.get("output_size") is not None and cfg.output_size != config.image_size:
+    # The bare head (multi-task) decodes to output_size; the loss compares it with the image_size image.
+    raise ValueError(f"super_resolution: output_size {cfg.output_size} differs from image_size "
+                     f"{config.image_size}: set --config.pretext.output_size={config.image_size}")
 
 
 def downsample(images, factor: int):

@@ -80,6 +80,13 @@ def validate(config) -> None:
     raise ValueError(f"o3n needs video.num_frames >= element_frames = {cfg.element_frames}, got "
                      f"{config.video.num_frames}: raise --config.video.num_frames or lower "
                      f"--config.pretext.element_frames")
+  # The probes see every run of element_frames frames of their clips (clip_input) as a dynamic image.
+  evaluate = config.get("evaluate")
+  eval_frames = evaluate.get("num_frames") if evaluate is not None else None
+  if eval_frames is not None and eval_frames < cfg.element_frames:
+    raise ValueError(f"o3n: evaluate.num_frames {eval_frames} is below element_frames = {cfg.element_frames}, "
+                     f"so the probes' clips hold no dynamic image: raise --config.evaluate.num_frames to "
+                     f"{cfg.element_frames} or more, or unset it (video.num_frames)")
 
 
 # --- Orders and dynamic images. -------------------------------------------------------------

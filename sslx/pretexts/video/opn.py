@@ -84,6 +84,9 @@ def _check(num_frames: int, height: int | None, width: int | None, cfg) -> None:
   if num_frames < window_frames(cfg):
     raise ValueError(f"opn needs video.num_frames >= (tuple_length-1)*frame_gap+1 = {window_frames(cfg)}, "
                      f"got {num_frames}: raise --config.video.num_frames or lower pretext.frame_gap")
+  if cfg.crop_size < 1 or cfg.max_jitter < 0:
+    raise ValueError(f"opn: crop_size {cfg.crop_size} must be >= 1 and max_jitter {cfg.max_jitter} >= 0: "
+                     f"set --config.pretext.crop_size / max_jitter (the paper: 80 and 5)")
   need = cfg.crop_size + 2 * cfg.max_jitter
   for side, size in (("height", height), ("width", width)):
     if size is not None and size < need:

@@ -114,3 +114,29 @@ def test_pictures_show_original_corrupted_and_reconstruction(sample_images):
     np.testing.assert_allclose(tile(r, 1), corrupted[r], atol=1)
     assert (tile(r, 1) == 0).all(axis=-1).mean() >= 0.25  # The masked pixels are black.
     np.testing.assert_allclose(tile(r, 2), reconstruction[r], atol=1)
+
+
+def test_validate_fraction_bound_is_one_corrupted_unit():
+  # 4 px images, whole pixels: 16 units. 1/16 corrupts exactly one, 0.03 rounds to none.
+  inside = steps.experiment_config(_cfg(fraction=1 / 16), image_size=4)
+  denoising.validate(inside)
+  images = jnp.full((2, 4, 4, 3), 0.5)
+  _, targets = denoising.make_inputs(jax.random.PRNGKey(0), {"image": images}, inside.pretext)
+  assert np.asarray(targets["corrupted"])[..., 0].sum(axis=(1, 2)).tolist() == [1, 1]
+  outside = steps.experiment_config(_cfg(fraction=0.03), image_size=4)
+  with pytest.raises(ValueError, match=r"fraction 0.03 of the 16 pixels of a 4 px image corrupts 0: set "
+                                       r"--config.pretext.fraction to corrupt 1 to 15"):
+    denoising.validate(outside)
+  _, targets = denoising.make_inputs(jax.random.PRNGKey(0), {"image": images}, outside.pretext)
+  assert not np.asarray(targets["corrupted"]).any()  # What validate prevents: nothing to denoise.
+  outside.pretext.unit = "element"  # 48 units: 0.03 * 48 rounds to 1.
+  denoising.validate(outside)
+
+
+def test_validate_output_size_is_the_image_size():
+  config = steps.experiment_config(_cfg(output_size=32), image_size=32)
+  denoising.validate(config)
+  config.image_size = 16
+  with pytest.raises(ValueError, match=r"output_size 32 differs from image_size 16.*"
+                                       r"--config.pretext.output_size=16"):
+    denoising.validate(config)

@@ -148,3 +148,22 @@ def test_pictures_show_original_masked_and_inpainted(sample_images):
     np.testing.assert_allclose(tile(r, 1)[8:24, 8:24], fill, atol=1)
     np.testing.assert_allclose(tile(r, 2)[:8], original[r][:8], atol=1)  # Context kept...
     assert np.abs(tile(r, 2)[8:24, 8:24] - original[r][8:24, 8:24]).mean() > 5  # ...the hole predicted.
+
+
+def test_validate_region_cells_and_blocks():
+  config = steps.experiment_config(_cfg(mask="random_region", region_cells=2), image_size=16)
+  inpainting.validate(config)
+  images = jnp.zeros((2, 16, 16, 3))
+  _, targets = inpainting.make_inputs(jax.random.PRNGKey(0), {"image": images}, config.pretext)
+  np.testing.assert_allclose(np.asarray(targets["mask"]).mean(), 0.25)
+  config.pretext.region_cells = 1
+  with pytest.raises(ValueError, match=r"region_cells 1 gives no blobs.*--config.pretext.region_cells >= 2"):
+    inpainting.validate(config)
+  _, targets = inpainting.make_inputs(jax.random.PRNGKey(0), {"image": images}, config.pretext)
+  assert np.asarray(targets["mask"]).all()  # What validate prevents: the whole image dropped.
+  config = steps.experiment_config(_cfg(mask="random_block", max_blocks=0), image_size=16)
+  with pytest.raises(ValueError, match=r"max_blocks 0 drops no block"):
+    inpainting.validate(config)
+  config = steps.experiment_config(_cfg(output_size=16), image_size=32)
+  with pytest.raises(ValueError, match=r"output_size 16 differs from image_size 32"):
+    inpainting.validate(config)

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import pretexts
+from sslx import configs, pretexts
 from sslx.pretexts.image import jigsaw
+from tests.conftest import REPO
 from tests.pretexts import steps
 
 
@@ -97,8 +98,49 @@ def test_shuffle_then_inverse_of_label_restores_tiles(sample_images):
 
 
 def test_small_image_is_a_one_line_error():
-  with pytest.raises(ValueError, match=r"tiles need 8 px or more.*resize_size=64"):
+  with pytest.raises(ValueError, match=r"image_size >= 3 \* 9 = 27 .*\(got 16: 5 px cells, 4 px tiles\): "
+                                       r"raise --config.image_size to 27"):
     jigsaw.make_inputs(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 16, 16, 3))}, small_cfg())
+
+
+def test_experiment_and_default_configs_pass_validate():
+  jigsaw.validate(configs.load(REPO / "experiments" / "jigsaw_convnet_cifar10.py"))
+  jigsaw.validate(steps.experiment_config(jigsaw.default_config(), image_size=32))
+
+
+@pytest.mark.parametrize("grid,permutations,smallest", [(3, 100, 27), (2, 24, 18)])
+def test_validate_bound_is_the_one_make_inputs_needs(grid, permutations, smallest):
+  cfg = small_cfg(grid=grid, num_permutations=permutations)
+  assert jigsaw.min_image_size(cfg) == smallest
+  inside = steps.experiment_config(cfg, image_size=smallest)
+  jigsaw.validate(inside)
+  assert steps.abstract_inputs(jigsaw, inside)["image"] == (2 * grid ** 2, 8, 8, 3)  # 8 px tiles.
+  outside = steps.experiment_config(cfg, image_size=smallest - 1)
+  with pytest.raises(ValueError, match=rf"jigsaw needs image_size >= {grid} \* 9 = {smallest} for 8 px tiles "
+                                       rf".*\(got {smallest - 1}: .*raise --config.image_size to {smallest}"):
+    jigsaw.validate(outside)
+  with pytest.raises(ValueError, match=r"jigsaw needs image_size"):
+    steps.abstract_inputs(jigsaw, outside)
+
+
+def test_validate_errors_name_the_fix():
+  def config(**overrides):
+    return steps.experiment_config(small_cfg(**overrides), image_size=64)
+  with pytest.raises(ValueError, match=r"num_permutations 25 is not available for a 2x2 grid, which has 24 "
+                                       r"orders.*--config.pretext.num_permutations in \[2, 24\]"):
+    jigsaw.validate(config(grid=2, num_permutations=25))
+  with pytest.raises(ValueError, match=r"num_permutations 1 is not available"):
+    jigsaw.validate(config(num_permutations=1))
+  with pytest.raises(ValueError, match=r"grid 4 is not supported: set --config.pretext.grid to 3"):
+    jigsaw.validate(config(grid=4))
+  with pytest.raises(ValueError, match=r"tile_fraction 1.2 must be in \(0, 1\]"):
+    jigsaw.validate(config(tile_fraction=1.2))
+  with pytest.raises(ValueError, match=r"unknown criterion 'min'"):
+    jigsaw.validate(config(criterion="min"))
+  with pytest.raises(ValueError, match=r"channel_jitter 1.0 must be in \[0, 1\)"):
+    jigsaw.validate(config(channel_jitter=1.0))
+  with pytest.raises(ValueError, match=r"jigsaw cuts images.*configs.base\(\)"):
+    jigsaw.validate(steps.experiment_config(small_cfg(), image_size=64, num_frames=8))
 
 
 def test_loss_decreases_2x2_on_real_images(sample_images):

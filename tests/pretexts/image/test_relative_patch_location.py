@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx import pretexts
+from sslx import configs, pretexts
 from sslx.pretexts.image import relative_patch_location as rpl
+from tests.conftest import REPO
 from tests.pretexts import steps
 
 
@@ -81,8 +82,54 @@ def test_colour_drop_keeps_one_channel_and_projection_removes_green_magenta(samp
 
 
 def test_too_small_image_is_a_one_line_error():
-  with pytest.raises(ValueError, match=r"span 61 px, more than the 32 px image.*resize_size=64"):
+  with pytest.raises(ValueError, match=r"image_size >= 3\*patch_size \+ 2\*gap \+ 2\*jitter = 3\*15 \+ 2\*7 "
+                                       r"\+ 2\*1 = 61 \(got 32\): raise --config.image_size to 61"):
     rpl.make_inputs(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 32, 32, 3))}, rpl.default_config())
+
+
+def test_experiment_config_passes_validate():
+  rpl.validate(configs.load(REPO / "experiments" / "relative_patch_location_convnet_cifar10.py"))
+  rpl.validate(configs.load(REPO / "experiments" / "relative_patch_location_convnet_cifar10.py", "quick"))
+
+
+@pytest.mark.parametrize("all_pairs", [True, False])
+def test_validate_bound_is_the_one_make_inputs_needs(all_pairs):
+  cfg = rpl.default_config()
+  cfg.all_pairs = all_pairs
+  extent = rpl.layout_extent(cfg)
+  inside = steps.experiment_config(cfg, image_size=extent)
+  rpl.validate(inside)
+  assert steps.abstract_inputs(rpl, inside)["image"] == ((9 if all_pairs else 2) * 2, 15, 15, 3)
+  outside = steps.experiment_config(cfg, image_size=extent - 1)
+  with pytest.raises(ValueError, match=rf"= {extent} \(got {extent - 1}\): raise --config.image_size to "
+                                       rf"{extent} or lower --config.pretext.patch_size/gap/jitter"):
+    rpl.validate(outside)
+  with pytest.raises(ValueError, match=rf"= {extent} \(got {extent - 1}\)"):
+    steps.abstract_inputs(rpl, outside)
+
+
+def test_layout_reaches_both_edges_at_the_smallest_image():
+  # At image_size == extent the layout fits exactly: corners stay in [0, size - patch_size].
+  cfg = rpl.default_config()
+  size = rpl.layout_extent(cfg)
+  corners = np.asarray(rpl.patch_corners(jax.random.PRNGKey(0), 512, size, cfg))
+  assert corners.min() == 0 and corners.max() == size - cfg.patch_size
+
+
+def test_validate_errors_name_the_fix():
+  def config(**overrides):
+    cfg = rpl.default_config()
+    cfg.update(overrides)
+    return steps.experiment_config(cfg, image_size=64)
+  rpl.validate(config())
+  with pytest.raises(ValueError, match=r"jitter -1 >= 0"):
+    rpl.validate(config(jitter=-1))
+  with pytest.raises(ValueError, match=r"unknown colour 'grey'"):
+    rpl.validate(config(colour="grey"))
+  with pytest.raises(ValueError, match=r"downsample_min_fraction 0.0 in \(0, 1\]"):
+    rpl.validate(config(downsample_min_fraction=0.0))
+  with pytest.raises(ValueError, match=r"relative_patch_location cuts images.*configs.base\(\)"):
+    rpl.validate(steps.experiment_config(rpl.default_config(), image_size=64, num_frames=8))
 
 
 @pytest.mark.parametrize("all_pairs", [True, False])

@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
-from sslx import augment, pretexts
+from sslx import augment, configs, pretexts
 from sslx.pretexts.image import relative_transformation as rt
+from tests.conftest import REPO
 from tests.pretexts import steps
 
 # Synthetic pair: five small Gaussian blobs of distinct colours on black, on a regular
@@ -186,7 +187,82 @@ def test_loss_decreases_on_real_images(sample_images, target):
 
 def test_view_larger_than_image_is_a_clear_error():
   images = jnp.zeros((2, 32, 32, 3))
-  with pytest.raises(ValueError, match=r"view_size 40 exceeds the 32 x 32 images.*set view_size <= 32"):
+  with pytest.raises(ValueError, match=r"view_size 40 exceeds the 32 x 32 images.*set "
+                                       r"--config.pretext.view_size <= 32 .*or raise --config.image_size to 40"):
     rt.make_inputs(jax.random.PRNGKey(0), {"image": images}, _config(view_size=40))
-  with pytest.raises(ValueError, match=r"view_size 6 is below 8.*set view_size >= 8"):
+  with pytest.raises(ValueError, match=r"view_size 6 is below 8.*set --config.pretext.view_size >= 8"):
     rt.make_inputs(jax.random.PRNGKey(0), {"image": images}, _config(view_size=6))
+
+
+def test_experiment_config_passes_validate():
+  rt.validate(configs.load(REPO / "experiments" / "relative_transformation_convnet_cifar10.py"))
+  rt.validate(steps.experiment_config(_config(transform="homography", target="bins"), image_size=32))
+
+
+@pytest.mark.parametrize("transform", ["similarity", "homography"])
+def test_validate_bounds_are_the_ones_make_inputs_needs(transform):
+  # The view fits the image: image_size == view_size runs, one pixel less does not.
+  inside = steps.experiment_config(_config(transform=transform, view_size=24), image_size=24)
+  rt.validate(inside)
+  assert steps.abstract_inputs(rt, inside)["image"] == (4, 24, 24, 3)
+  outside = steps.experiment_config(_config(transform=transform, view_size=24), image_size=23)
+  with pytest.raises(ValueError, match=r"view_size 24 exceeds the 23 x 23 images.*image_size to 24"):
+    rt.validate(outside)
+  with pytest.raises(ValueError, match=r"view_size 24 exceeds the 23 x 23 images"):
+    steps.abstract_inputs(rt, outside)
+  # The smallest view: 8 px runs, 7 px does not.
+  smallest = steps.experiment_config(_config(transform=transform, view_size=8), image_size=32)
+  rt.validate(smallest)
+  assert steps.abstract_inputs(rt, smallest)["image"] == (4, 8, 8, 3)
+  below = steps.experiment_config(_config(transform=transform, view_size=7), image_size=32)
+  with pytest.raises(ValueError, match=r"view_size 7 is below 8 px"):
+    rt.validate(below)
+  with pytest.raises(ValueError, match=r"view_size 7 is below 8 px"):
+    steps.abstract_inputs(rt, below)
+
+
+def _worst_fold(corner_shift, size):
+  """The smallest homogeneous denominator over the view when TL moves inwards and TR, BL up-left by
+  the largest offset: negative means part of the view goes through infinity (the view folds)."""
+  d = corner_shift * size
+  offsets = jnp.asarray([[[d, d], [-d, -d], [0.0, 0.0], [-d, -d]]], jnp.float32)
+  matrix = np.asarray(augment.homography_from_corners(offsets, size))[0]
+  half = (size - 1) / 2
+  ys, xs = np.meshgrid(np.linspace(-half, half, 101), np.linspace(-half, half, 101), indexing="ij")
+  return (matrix[2, 0] * xs + matrix[2, 1] * ys + matrix[2, 2]).min()
+
+
+def test_corner_shift_bound_is_where_the_view_can_fold():
+  limit = rt.max_corner_shift(24)
+  np.testing.assert_allclose(limit, 23 / 96)
+  inside = steps.experiment_config(_config(transform="homography"), image_size=32)
+  inside.pretext.corner_shift = limit - 1e-3
+  rt.validate(inside)
+  assert _worst_fold(limit - 1e-3, 24) > 0
+  assert steps.abstract_inputs(rt, inside)["image"] == (4, 24, 24, 3)
+  outside = steps.experiment_config(_config(transform="homography"), image_size=32)
+  outside.pretext.corner_shift = limit + 1e-3
+  assert _worst_fold(limit + 1e-3, 24) < 0
+  with pytest.raises(ValueError, match=r"corner_shift 0.24\d* must be in \(0, 0.2396\) for 24 px views.*fold"):
+    rt.validate(outside)
+
+
+def test_validate_errors_name_the_fix():
+  def config(image_size=32, **overrides):
+    cfg = _config()
+    cfg.update(overrides)
+    return steps.experiment_config(cfg, image_size=image_size)
+  with pytest.raises(ValueError, match=r"unknown transform 'affine'"):
+    rt.validate(config(transform="affine"))
+  with pytest.raises(ValueError, match=r"unknown target 'xent'"):
+    rt.validate(config(target="xent"))
+  with pytest.raises(ValueError, match=r"num_bins 1 leaves nothing to classify"):
+    rt.validate(config(target="bins", num_bins=1))
+  with pytest.raises(ValueError, match=r"max_translation 0.0 > 0 \(else that target has no effect"):
+    rt.validate(config(max_translation=0.0))
+  with pytest.raises(ValueError, match=r"max_angle 200.0 must be in \(0, 180\]"):
+    rt.validate(config(max_angle=200.0))
+  with pytest.raises(ValueError, match=r"base_scale 0.9 >= 1"):
+    rt.validate(config(base_scale=0.9))
+  with pytest.raises(ValueError, match=r"relative_transformation warps images.*configs.base\(\)"):
+    rt.validate(steps.experiment_config(_config(), image_size=32, num_frames=8))

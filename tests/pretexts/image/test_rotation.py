@@ -1,9 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sslx import pretexts
+import pytest
+from sslx import configs, pretexts
 from sslx.data import image_ops
 from sslx.pretexts.image import rotation
+from tests.conftest import REPO
 from tests.pretexts import steps
 
 
@@ -54,3 +56,19 @@ def test_rotation_loss_decreases_on_real_images(sample_images):
   assert values[0] > np.log(4) - 0.2
   assert values[-1] < values[0] - 0.2, values
   assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+def test_validate_accepts_images_of_any_size_and_rejects_clips():
+  for name in ("rotation_convnet_cifar10.py", "rotation_resnet50_imagenet.py"):
+    rotation.validate(configs.load(REPO / "experiments" / name))
+  # No size bound: even 1 px images turn (the pipeline always delivers image_size squares).
+  smallest = steps.experiment_config(rotation.default_config(), image_size=1)
+  rotation.validate(smallest)
+  assert steps.abstract_inputs(rotation, smallest)["image"] == (8, 1, 1, 3)
+  # Clips are the one geometry rotation cannot take: a clear error before make_inputs' KeyError.
+  clips = steps.experiment_config(rotation.default_config(), image_size=32, num_frames=8)
+  with pytest.raises(ValueError, match=r"rotation turns images, but this config has a video section.*"
+                                       r"configs.base\(\)"):
+    rotation.validate(clips)
+  with pytest.raises(KeyError, match="image"):
+    steps.abstract_inputs(rotation, clips)

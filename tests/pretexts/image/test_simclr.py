@@ -140,3 +140,12 @@ def test_pictures_matches_show_the_models_pick(sample_images):
   for i in range(n):
     np.testing.assert_array_equal(_tile(out["matches"], i, 0), _uint8(views[2 * i]))
     np.testing.assert_array_equal(_tile(out["matches"], i, 1), _uint8(views[2 * ((i + 1) % n) + 1]))
+
+
+def test_validate_crop_ratio():
+  config = ml_collections.ConfigDict({"pretext": simclr.default_config(), "batch_size": 256})
+  config.pretext.crop_ratio = (1.0, 1.0)
+  simclr.validate(config)
+  config.pretext.crop_ratio = (0.0, 1.0)
+  with pytest.raises(ValueError, match=r"crop_ratio \(0.0, 1.0\) must satisfy 0 < low <= high"):
+    simclr.validate(config)

@@ -42,6 +42,7 @@ def test_antialiased_downsampling_turns_fine_patterns_grey(factor):
 
 def test_inputs_are_full_size_low_resolution_images(sample_images):
   images = _images(sample_images, 8)
+  previous = 0.0
   for factor, max_error in ((2, 0.08), (4, 0.15)):
     inputs, targets = sr.make_inputs(jax.random.PRNGKey(0), {"image": images}, _cfg(factor=factor))
     x = np.asarray(inputs["image"])
@@ -118,3 +119,11 @@ def test_pictures_show_original_low_resolution_and_reconstruction(sample_images)
     np.testing.assert_allclose(tile(r, 0), np.round(np.asarray(images[r]) * 255), atol=1)
     np.testing.assert_allclose(tile(r, 1), np.round(np.asarray(inputs["image"][r]) * 255), atol=1)
     np.testing.assert_allclose(tile(r, 2), np.round(reconstruction[r] * 255), atol=1)
+
+
+def test_validate_output_size_is_the_image_size():
+  config = ml_collections.ConfigDict({"pretext": _cfg(output_size=32), "image_size": 32})
+  sr.validate(config)
+  config.image_size = 64
+  with pytest.raises(ValueError, match=r"output_size 32 differs from image_size 64"):
+    sr.validate(config)

@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslx import pretexts
+from sslx import configs, pretexts
 from sslx.pretexts.video import o3n
+from tests.conftest import REPO
 from tests.pretexts import steps
 
 
@@ -172,3 +173,37 @@ def test_validate_one_line_errors():
     o3n.validate(config_with(16, element_frames=1))
   with pytest.raises(ValueError, match=r"configs.base_video"):
     o3n.validate(ml_collections.ConfigDict({"pretext": o3n.default_config()}))
+
+
+def test_experiment_config_passes_validate():
+  for arg in (None, "quick"):
+    o3n.validate(configs.load(REPO / "experiments" / "o3n_convnet_egogestar.py", arg))
+
+
+def test_validate_bound_is_the_one_make_inputs_needs():
+  # The window must hold one element's frames: num_frames == element_frames runs, one less does not.
+  cfg = o3n.default_config()
+  inside = steps.experiment_config(cfg, image_size=8, num_frames=cfg.element_frames)
+  o3n.validate(inside)
+  assert steps.abstract_inputs(o3n, inside)["image"] == (2 * cfg.num_elements, 8, 8, 3)
+  outside = steps.experiment_config(cfg, image_size=8, num_frames=cfg.element_frames - 1)
+  with pytest.raises(ValueError, match=r"video.num_frames >= element_frames = 6, got 5: raise "
+                                       r"--config.video.num_frames"):
+    o3n.validate(outside)
+  with pytest.raises(ValueError, match=r"element_frames = 6, got 5"):
+    steps.abstract_inputs(o3n, outside)
+
+
+def test_validate_checks_the_probes_clip_length():
+  cfg = o3n.default_config()
+  config = steps.experiment_config(cfg, image_size=8, num_frames=12)
+  config.evaluate.num_frames = cfg.element_frames
+  o3n.validate(config)
+  clips = jax.ShapeDtypeStruct((2, cfg.element_frames, 8, 8, 3), jnp.float32)
+  assert jax.eval_shape(lambda c: o3n.clip_input(c, cfg), clips).shape == (2, 1, 8, 8, 3)
+  config.evaluate.num_frames = cfg.element_frames - 1
+  with pytest.raises(ValueError, match=r"evaluate.num_frames 5 is below element_frames = 6.*raise "
+                                       r"--config.evaluate.num_frames to 6"):
+    o3n.validate(config)
+  with pytest.raises(ValueError, match=r"clips of 5 frames are shorter than element_frames = 6"):
+    o3n.clip_input(jnp.zeros((2, 5, 8, 8, 3)), cfg)

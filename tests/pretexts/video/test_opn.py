@@ -121,6 +121,10 @@ def test_config_errors_are_one_line():
   config.image_size = 48
   with pytest.raises(ValueError, match=r"below crop_size\+2\*max_jitter = 54"):
     opn.validate(config)
+  config.image_size = 64
+  config.pretext.max_jitter = -1
+  with pytest.raises(ValueError, match=r"max_jitter -1 >= 0"):
+    opn.validate(config)
 
 
 def test_head_fuses_all_six_pairs():

@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslx import pretexts
+from sslx import configs, pretexts
 from sslx.pretexts.video import vcop
+from tests.conftest import REPO
 from tests.pretexts import steps
 from tests.pretexts.video.test_o3n import moving_squares
 
@@ -95,3 +96,23 @@ def test_loss_decreases_r3d():
   assert values[0] > math.log(6) - 0.7
   assert values[-1] < values[0] - 0.3, values
   assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+def test_experiment_config_passes_validate():
+  for arg in (None, "quick"):
+    vcop.validate(configs.load(REPO / "experiments" / "vcop_r3d_egogestar.py", arg))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_clips": 4, "interval": 0}])
+def test_validate_bound_is_the_one_make_inputs_needs(overrides):
+  # The window must hold a whole tuple: num_frames == span runs, one frame less does not.
+  cfg = small_cfg(**overrides)
+  span = vcop.span(cfg)
+  inside = steps.experiment_config(cfg, image_size=4, num_frames=span)
+  vcop.validate(inside)
+  assert steps.abstract_inputs(vcop, inside)["video"] == (2 * cfg.num_clips, cfg.clip_frames, 4, 4, 3)
+  outside = steps.experiment_config(cfg, image_size=4, num_frames=span - 1)
+  with pytest.raises(ValueError, match=rf"= {span}, got {span - 1}: raise --config.video.num_frames"):
+    vcop.validate(outside)
+  with pytest.raises(ValueError, match=rf"= {span}, got {span - 1}"):
+    steps.abstract_inputs(vcop, outside)
