@@ -357,7 +357,8 @@ def run_metadata(config, mesh) -> dict:
 # What a checkpoint's state and data position mean: resuming with any of these changed would
 # load parameters into another model, or continue another data stream, silently.
 RESUME_KEYS = ("model", "pretext", "optimizer.name", "dataset", "train_examples", "image_size",
-               "batch_size", "seed", "video")
+               "batch_size", "seed", "video.fps", "video.num_frames", "video.frame_stride",
+               "video.sampling", "video.test_every")
 
 
 def check_resumable(saved_meta: dict, config, workdir: str):
@@ -699,7 +700,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   """Joins JAX's multi-controller runtime; call before any computation.
 
   With no arguments JAX finds the cluster itself (TPU pods, SLURM, Open MPI,
-  or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). A process
+  Kubernetes); elsewhere give all three (``distributed_settings``). A process
   that stops answering for ``heartbeat_timeout_seconds`` makes the coordination
   service fail every other process with an error, rather than leave them
   waiting forever in a collective.
@@ -707,6 +708,21 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   jax.distributed.initialize(coordinator_address, num_processes, process_id,
                              initialization_timeout=initialization_timeout,
                              heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+
+
+def distributed_settings(coordinator_address, num_processes, process_id, environ) -> tuple:
+  """(coordinator address, process count, process id) from the flags, else from the environment
+  variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (set by a launcher);
+  all None lets JAX detect the cluster."""
+  try:
+    return (coordinator_address or environ.get("JAX_COORDINATOR_ADDRESS"),
+            num_processes if num_processes is not None else
+            (int(environ["JAX_NUM_PROCESSES"]) if environ.get("JAX_NUM_PROCESSES") else None),
+            process_id if process_id is not None else
+            (int(environ["JAX_PROCESS_ID"]) if environ.get("JAX_PROCESS_ID") else None))
+  except ValueError:
+    raise ValueError(f"JAX_NUM_PROCESSES={environ.get('JAX_NUM_PROCESSES')!r} / JAX_PROCESS_ID="
+                     f"{environ.get('JAX_PROCESS_ID')!r} are not integers: fix the launcher's environment") from None
 
 
 def _define_flags():
@@ -745,10 +761,11 @@ def main(argv):
     request_deterministic_gpu_ops()
   if not args["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
-  if args.distributed:
-    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                           heartbeat_timeout_seconds=args.heartbeat_timeout)
   try:
+    if args.distributed:
+      initialize_distributed(*distributed_settings(args.coordinator_address, args.num_processes,
+                                                   args.process_id, os.environ),
+                             heartbeat_timeout_seconds=args.heartbeat_timeout)
     _, metrics = train(args.config, args.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:  # Bad input: one line, no traceback.
     raise SystemExit(f"sslx-train: error: {e}") from None

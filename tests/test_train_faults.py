@@ -212,3 +212,17 @@ def test_checkpoints_and_data_are_never_executed():
       if needle in text:
         offenders.append(f"{path.relative_to(REPO)}: {needle}")
   assert offenders == []
+
+
+def test_video_workdir_with_other_clip_sampling_fails_but_other_cache_size_resumes(trained_video_workdir, tmp_path):
+  workdir, _, _ = trained_video_workdir
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  config = tiny_video_config()
+  config.video.frame_stride = 2
+  with pytest.raises(ValueError, match=r"holds a checkpoint of video.frame_stride 1, but the config asks for 2"):
+    train.train(config, str(copy))
+  config = tiny_video_config()
+  config.video.cache_mb, config.total_steps = 64, 3  # Not part of what the checkpoint means.
+  state, _ = train.train(config, str(copy))
+  assert int(state.step) == 3

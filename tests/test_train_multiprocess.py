@@ -101,15 +101,20 @@ def test_two_processes_match_one_process_and_resume_across_processes(tmp_path, o
     np.testing.assert_array_equal(resumed_params[1][name], value, err_msg=name)
 
 
-def _cli(workdir, process_id, port, *extra):
+def _cli(workdir, process_id, port, *extra, from_environment=False):
+  """``sslx-train --distributed`` as process ``process_id`` of 2, told where the coordinator is
+  by flags or, as a launcher would, by JAX_* environment variables."""
+  where = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(process_id)}
+  flags = [] if from_environment else [f"--coordinator_address={where['JAX_COORDINATOR_ADDRESS']}",
+                                       "--num_processes=2", f"--process_id={process_id}"]
+  env = dict(CPU_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=4", **(where if from_environment else {}))
   return subprocess.Popen(
       [sys.executable, "-m", "sslx.train", "--config", str(REPO / "experiments/rotation_convnet_sample.py:quick"),
-       "--workdir", str(workdir), "--distributed", "--coordinator_address", f"127.0.0.1:{port}",
-       "--num_processes", "2", f"--process_id={process_id}", "--heartbeat_timeout=5",
+       "--workdir", str(workdir), "--distributed", *flags, "--heartbeat_timeout=5",
        "--config.total_steps=100000", "--config.checkpoint_every=3", "--config.step_timeout_seconds=20",
        "--config.progress_bar=False", *extra],
-      env=dict(CPU_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=4"), cwd=REPO,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 # Messages a survivor may die with, whichever notices first: the trainer (a failed collective,
@@ -145,7 +150,8 @@ def test_when_a_process_dies_the_other_exits_with_a_clear_error_in_bounded_time(
 def test_sigterm_to_one_process_checkpoints_the_same_step_on_all_and_exits(tmp_path):
   from sslx import train
   port = _free_port()
-  procs = [_cli(tmp_path, i, port, "--config.preemption_grace_seconds=30") for i in range(2)]
+  procs = [_cli(tmp_path, i, port, "--config.preemption_grace_seconds=30", from_environment=True)
+           for i in range(2)]
   try:
     deadline = time.monotonic() + 300
     while not (tmp_path / "checkpoints" / "3").exists():
@@ -167,3 +173,13 @@ def test_sigterm_to_one_process_checkpoints_the_same_step_on_all_and_exits(tmp_p
     assert f"preempted: the checkpoint of step {latest} in {tmp_path} is complete" in output
   assert sorted(os.listdir(tmp_path / "checkpoints" / str(latest) / "data")) == [
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_distributed_settings_come_from_flags_else_the_environment():
+  from sslx import train
+  env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+  assert train.distributed_settings(None, None, None, env) == ("h0:1234", 4, 2)
+  assert train.distributed_settings("h1:99", 2, 0, env) == ("h1:99", 2, 0)
+  assert train.distributed_settings(None, None, None, {}) == (None, None, None)  # JAX detects the cluster.
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='four'.*not integers"):
+    train.distributed_settings(None, None, None, dict(env, JAX_NUM_PROCESSES="four"))
