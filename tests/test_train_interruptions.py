@@ -115,3 +115,30 @@ def test_grace_period_expiry_exits_and_keeps_the_last_complete_checkpoint(tmp_pa
   assert 4 <= latest < TOTAL_STEPS
   _finish(tmp_path)
   _assert_bitwise_equal(_final_state(tmp_path), uninterrupted)
+
+
+def _unfinished(workdir):
+  """Checkpoint directories Orbax is still writing (renamed to their step once complete)."""
+  folder = workdir / "checkpoints"
+  return sorted(p.name for p in folder.iterdir() if "tmp" in p.name) if folder.exists() else []
+
+
+def test_kill_9_in_the_middle_of_writing_a_checkpoint_leaves_the_previous_one_latest(tmp_path, uninterrupted):
+  for attempt in range(3):  # The kill must land while a save is in flight; retry if it was too late.
+    proc = _start(tmp_path)
+    _wait_for_checkpoint(tmp_path, 2 + 2 * attempt, proc)
+    deadline = time.monotonic() + 120
+    while not _unfinished(tmp_path):
+      assert proc.poll() is None and time.monotonic() < deadline
+      time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    left = _unfinished(tmp_path)
+    if left:
+      break
+  assert left, "no kill landed during a checkpoint write in 3 attempts"
+  unfinished_step = int(left[0].split(".")[0])
+  latest = train.checkpoint_manager(str(tmp_path)).latest_step()
+  assert latest < unfinished_step  # The half-written one is never the latest...
+  _finish(tmp_path)  # ...and the rerun resumes from the previous complete one.
+  _assert_bitwise_equal(_final_state(tmp_path), uninterrupted)
