@@ -364,13 +364,17 @@ RESUME_KEYS = ("model", "pretext", "optimizer.name", "dataset", "train_examples"
 def check_resumable(saved_meta: dict, config, workdir: str):
   """One-line error before compilation when the workdir was trained with an incompatible config."""
   now = json.loads(config.to_json())
-  saved = saved_meta.get("config") or {}
+  saved = dict(saved_meta.get("config") or {})
 
   def lookup(tree, dotted):
     for part in dotted.split("."):
       tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
 
+  # How gradients are computed changes no parameter: a run may resume with another choice.
+  for tree in (saved, now):
+    if isinstance(tree.get("model"), dict):
+      tree["model"] = {k: v for k, v in tree["model"].items() if k != "conv_weight_grad"}
   for key in RESUME_KEYS:
     if lookup(saved, key) != lookup(now, key):
       raise ValueError(f"workdir {workdir} holds a checkpoint of {key} {lookup(saved, key)}, but the config asks "

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from sslx.models.conv import Conv
+
 
 class ConvBN(nn.Module):
   """Convolution (no bias), BatchNorm, optional ReLU.
@@ -16,7 +18,9 @@ class ConvBN(nn.Module):
   function and parameters (a (C_in, C_out) kernel), but XLA:CPU computes its
   weight gradient as a plain matmul instead of its slow convolution
   weight-gradient kernel (see ../shared/STACK.md; about 1.4x faster end to end
-  on the ConvNet here).
+  on the ConvNet here). Other convolutions get the same treatment through
+  ``sslx.models.conv.Conv`` (``weight_grad``: "auto" = per-tap matmuls on CPU,
+  XLA's kernel elsewhere).
   """
   features: int
   kernel_size: int = 3
@@ -24,14 +28,15 @@ class ConvBN(nn.Module):
   relu: bool = True
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
+  weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     if self.kernel_size == 1 and self.strides == 1:
       x = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="conv")(x)
     else:
-      x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
-                  padding="SAME", use_bias=False, dtype=self.dtype, name="conv")(x)
+      x = Conv(self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
+               weight_grad=self.weight_grad, dtype=self.dtype, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
                      name="bn")(x)
     return nn.relu(x) if self.relu else x

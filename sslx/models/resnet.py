@@ -9,6 +9,7 @@ Features: ``stem`` and ``block1``..``block4`` (one per stage), plus ``pooled``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -23,15 +24,16 @@ class BasicBlock(nn.Module):
   features: int
   strides: int
   dtype: Any
+  weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train):
     residual = x
-    y = ConvBN(self.features, 3, self.strides, dtype=self.dtype, name="conv1")(x, train=train)
-    y = ConvBN(self.features, 3, relu=False, dtype=self.dtype, name="conv2")(y, train=train)
+    conv_bn = functools.partial(ConvBN, dtype=self.dtype, weight_grad=self.weight_grad)
+    y = conv_bn(self.features, 3, self.strides, name="conv1")(x, train=train)
+    y = conv_bn(self.features, 3, relu=False, name="conv2")(y, train=train)
     if residual.shape != y.shape:
-      residual = ConvBN(self.features, 1, self.strides, relu=False, dtype=self.dtype,
-                        name="shortcut")(residual, train=train)
+      residual = conv_bn(self.features, 1, self.strides, relu=False, name="shortcut")(residual, train=train)
     return nn.relu(residual + y)
 
 
@@ -39,16 +41,17 @@ class Bottleneck(nn.Module):
   features: int
   strides: int
   dtype: Any
+  weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train):
     residual = x
-    y = ConvBN(self.features, 1, dtype=self.dtype, name="conv1")(x, train=train)
-    y = ConvBN(self.features, 3, self.strides, dtype=self.dtype, name="conv2")(y, train=train)
-    y = ConvBN(self.features * 4, 1, relu=False, dtype=self.dtype, name="conv3")(y, train=train)
+    conv_bn = functools.partial(ConvBN, dtype=self.dtype, weight_grad=self.weight_grad)
+    y = conv_bn(self.features, 1, name="conv1")(x, train=train)
+    y = conv_bn(self.features, 3, self.strides, name="conv2")(y, train=train)
+    y = conv_bn(self.features * 4, 1, relu=False, name="conv3")(y, train=train)
     if residual.shape != y.shape:
-      residual = ConvBN(self.features * 4, 1, self.strides, relu=False, dtype=self.dtype,
-                        name="shortcut")(residual, train=train)
+      residual = conv_bn(self.features * 4, 1, self.strides, relu=False, name="shortcut")(residual, train=train)
     return nn.relu(residual + y)
 
 
@@ -57,6 +60,7 @@ class Backbone(nn.Module):
   stem: str = "cifar"
   width: float = 1.0
   dtype: Any = jnp.float32
+  conv_weight_grad: str = "auto"  # sslx.models.conv: "taps" (CPU), "xla", "auto".
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -69,15 +73,16 @@ class Backbone(nn.Module):
     base = int(round(64 * self.width))
     features = {}
     if self.stem == "cifar":
-      x = ConvBN(base, 3, dtype=self.dtype, name="stem")(x, train=train)
+      x = ConvBN(base, 3, dtype=self.dtype, weight_grad=self.conv_weight_grad, name="stem")(x, train=train)
     else:
-      x = ConvBN(base, 7, 2, dtype=self.dtype, name="stem")(x, train=train)
+      x = ConvBN(base, 7, 2, dtype=self.dtype, weight_grad=self.conv_weight_grad, name="stem")(x, train=train)
       x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
     features["stem"] = x
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = block_cls(base * 2**stage, strides, self.dtype, name=f"stage{stage + 1}_block{b + 1}")(
+        x = block_cls(base * 2**stage, strides, self.dtype, self.conv_weight_grad,
+                      name=f"stage{stage + 1}_block{b + 1}")(
             x, train=train)
       features[f"block{stage + 1}"] = x
     features["pooled"] = global_avg_pool(x)
