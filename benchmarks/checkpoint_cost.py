@@ -36,26 +36,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
+import common  # noqa: E402
 from sslx import configs, train
-from sslx.data import image_ops, pipeline, sources
+from sslx.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "rotation_resnet18_cifar10.py")
 DEFAULT_BATCH_SIZES = (32, 8)  # Rotation x4: 128 and 32 inputs per step, so both fit 2 CPU cores.
 QUICK_CONFIG = "rotation_convnet_sample.py"
 TIMED = ("step", "async_block", "async_complete", "sync_save", "restore")
-
-
-def real_batch(batch_size: int, size: int) -> dict:
-  """``batch_size`` decoded images of the embedded sample (uint8), resized to ``size`` if needed."""
-  source = sources.get_source("sample", "train")
-  images = np.stack([image_ops.decode(source[i]["image"]) for i in range(batch_size)])
-  if size != images.shape[1]:
-    images = np.asarray(jax.image.resize(images.astype(np.float32), (batch_size, size, size, 3), "bilinear"))
-    images = np.clip(images, 0, 255).astype(np.uint8)
-  return {"image": images, "index": np.arange(batch_size, dtype=np.int32)}
 
 
 def state_bytes(state) -> int:
@@ -75,15 +66,8 @@ def assert_bitwise_equal(restored, saved_host, what: str):
 
 def measure(config, *, repeats: int, tmp_dir: str | None = None, warmup: int = 1) -> dict:
   """Median times (ms) of a train step and of saving / restoring its state; see the module doc."""
-  mesh = train.make_mesh()
-  pretext, model = train.build_model(config)
-  tx, schedule = train.make_optimizer(config.optimizer, config.total_steps)
-  state, state_sharding = train.create_train_state(config, model, pretext, tx, mesh)
-  step_fn = jax.jit(train.make_train_step(config, model, pretext, tx, schedule),
-                    in_shardings=(state_sharding, pipeline.data_sharding(mesh)),
-                    out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())),
-                    donate_argnums=(0,))
-  batch = pipeline.to_global(real_batch(config.batch_size, config.image_size), mesh)
+  step_fn, state, state_sharding, mesh = common.train_step(config)
+  batch = pipeline.to_global(common.real_batch(config.batch_size, config.image_size), mesh)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
   times: dict[str, list[float]] = {name: [] for name in TIMED}
 

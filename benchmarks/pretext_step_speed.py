@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 import jax
-import numpy as np
 
-from sslx import configs, train
-from sslx.data import image_ops, pipeline, sources
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
+import common  # noqa: E402
+from sslx import configs
+from sslx.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,23 +31,9 @@ def load_config(name: str):
   return configs.load(REPO / "experiments" / name)
 
 
-def real_batch(batch_size: int, size: int) -> dict:
-  source = sources.get_source("sample", "train")
-  images = np.stack([image_ops.decode(source[i]["image"]) for i in range(batch_size)])
-  if size != images.shape[1]:
-    images = np.asarray(jax.image.resize(images.astype(np.float32), (batch_size, size, size, 3), "bilinear"))
-    images = np.clip(images, 0, 255).astype(np.uint8)
-  return {"image": images, "index": np.arange(batch_size, dtype=np.int32) % 16}
-
-
 def images_per_second(config, steps: int) -> float:
-  mesh = train.make_mesh()
-  pretext, model = train.build_model(config)
-  tx, schedule = train.make_optimizer(config.optimizer, config.total_steps)
-  state, state_sharding = train.create_train_state(config, model, pretext, tx, mesh)
-  step = jax.jit(train.make_train_step(config, model, pretext, tx, schedule),
-                 in_shardings=(state_sharding, pipeline.data_sharding(mesh)), donate_argnums=(0,))
-  batch = pipeline.to_global(real_batch(config.batch_size, config.image_size), mesh)
+  step, state, _, mesh = common.train_step(config)
+  batch = pipeline.to_global(common.real_batch(config.batch_size, config.image_size, index_classes=16), mesh)
   state, metrics = step(state, batch)  # Compile.
   jax.block_until_ready(metrics)
   start = time.perf_counter()

@@ -29,18 +29,14 @@ import time
 import jax
 import numpy as np
 
-from sslx import configs, train
-from sslx.data import image_ops, pipeline, sources
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
+import common  # noqa: E402
+from sslx import configs
+from sslx.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = {"convnet": "rotation_convnet_sample.py", "resnet18": "rotation_resnet18_cifar10.py"}
 LEARNING_RATE = 0.1
-
-
-def real_images(batch_size: int) -> np.ndarray:
-  """``batch_size`` decoded 32 x 32 images of the embedded sample (uint8, NHWC)."""
-  source = sources.get_source("sample", "train")
-  return np.stack([image_ops.decode(source[i % len(source)]["image"]) for i in range(batch_size)])
 
 
 def sslx_config(model: str, batch_size: int, conv_weight_grad: str):
@@ -54,12 +50,7 @@ def sslx_config(model: str, batch_size: int, conv_weight_grad: str):
 
 def sslx_step(config, images: np.ndarray):
   """The trainer's own jitted step, state and global batch; returns (run_one_step, flops)."""
-  mesh = train.make_mesh()
-  pretext, model = train.build_model(config)
-  tx, schedule = train.make_optimizer(config.optimizer, config.total_steps)
-  state, state_sharding = train.create_train_state(config, model, pretext, tx, mesh)
-  step = jax.jit(train.make_train_step(config, model, pretext, tx, schedule),
-                 in_shardings=(state_sharding, pipeline.data_sharding(mesh)), donate_argnums=(0,))
+  step, state, _, mesh = common.train_step(config)
   batch = pipeline.to_global({"image": images, "index": np.arange(len(images), dtype=np.int32)}, mesh)
   compiled = step.lower(state, batch).compile()
   cost = compiled.cost_analysis()
@@ -160,7 +151,7 @@ def measure(model_name: str, batch_size: int, steps: int) -> dict:
   import torch
   torch.set_num_threads(os.cpu_count())
   config = sslx_config(model_name, batch_size, "taps")
-  images = real_images(batch_size)
+  images = common.real_batch(batch_size)["image"]
   runners = {}
   runners["sslx"], flops = sslx_step(config, images)
   # The reference: XLA's own convolution weight gradient (what GPUs and TPUs use).

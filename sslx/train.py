@@ -648,7 +648,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       # One step in flight: the host prepares the next batch while the device
       # computes, without queueing unboundedly many steps (and batches) ahead.
       if previous_metrics is not None:
-        check_finite(jax.device_get(previous_metrics), step - 1)
+        check_finite(previous_metrics, step - 1)  # One scalar to the host, not every metric.
         watchdog.progress(step - 1)
       progress.update(1)
       if step % config.log_every == 0 or step == config.total_steps:
@@ -673,7 +673,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       stop = preemption.reached(step)
       force = step == config.total_steps or stop
       if force or manager.should_save(step):
-        check_finite(jax.device_get(metrics), step)  # Never checkpoint past a non-finite step.
+        check_finite(metrics, step)  # Never checkpoint past a non-finite step.
         if manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
             meta=ocp.args.JsonSave(dict(meta, nonfinite_steps=nonfinite_steps))), force=force):

@@ -21,7 +21,7 @@ def test_sslx_side_runs_the_trainers_step_and_counts_its_flops():
   bench = _load()
   config = bench.sslx_config("convnet", 8, "taps")
   config.model.widths = (8, 16, 16)
-  run, flops = bench.sslx_step(config, bench.real_images(8))
+  run, flops = bench.sslx_step(config, bench.common.real_batch(8)["image"])
   losses = [run() for _ in range(3)]
   assert all(np.isfinite(losses)) and flops > 1e6
   assert losses[0] == pytest.approx(np.log(4), abs=0.3)  # 4 rotation classes at init.
@@ -46,5 +46,5 @@ def test_torch_side_runs_one_step():
   bench = _load()
   config = bench.sslx_config("convnet", 8, "xla")
   config.model.widths = (8, 16, 16)
-  run = bench.torch_step("convnet", config, bench.real_images(8), channels_last=True)
+  run = bench.torch_step("convnet", config, bench.common.real_batch(8)["image"], channels_last=True)
   assert np.isfinite(run())
