@@ -139,10 +139,7 @@ def format_table(rows: list[dict]) -> str:
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                      help="Comma-separated files in experiments/ (or paths).")
-  parser.add_argument("--batch_size", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
-                      help="One batch size for all configs, or one per config (comma-separated).")
+  common.add_config_arguments(parser, DEFAULT_CONFIGS, ",".join(map(str, DEFAULT_BATCH_SIZES)))
   parser.add_argument("--repeats", type=int, default=5, help="Timed rounds; medians are reported.")
   parser.add_argument("--tmp_dir", default=None, help="Where the temporary checkpoints go (default: the system's).")
   parser.add_argument("--quick", action="store_true", help=f"{QUICK_CONFIG}:quick, batch 8, 2 repeats.")
@@ -156,12 +153,7 @@ def main(argv=None) -> list[dict]:
   if args.quick:
     names, batch_sizes, repeats, arg = [QUICK_CONFIG], [8], 2, "quick"
   else:
-    names = [n for n in args.configs.split(",") if n]
-    batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
-    if len(batch_sizes) == 1:
-      batch_sizes *= len(names)
-    if len(batch_sizes) != len(names):
-      raise SystemExit(f"--batch_size has {len(batch_sizes)} values for {len(names)} configs: give one or one each")
+    names, batch_sizes = zip(*common.configs_and_batch_sizes(args.configs, args.batch_size))
     repeats, arg = args.repeats, None
   if repeats < 1:
     raise SystemExit("--repeats must be at least 1")

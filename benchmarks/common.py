@@ -36,3 +36,23 @@ def train_step(config, mesh=None):
                  in_shardings=(state_sharding, pipeline.data_sharding(mesh)),
                  out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
   return step, state, state_sharding, mesh
+
+
+def add_config_arguments(parser, default_configs, default_batch_sizes: str | None = None):
+  """``--configs`` (files in experiments/ or paths) and ``--batch_size`` (one, or one per config)."""
+  parser.add_argument("--configs", default=",".join(default_configs),
+                      help="Comma-separated files in experiments/ (or paths).")
+  parser.add_argument("--batch_size", default=default_batch_sizes,
+                      help="One batch size for all configs, or one per config (comma-separated); "
+                           "default: " + (default_batch_sizes or "each config's own") + ".")
+
+
+def configs_and_batch_sizes(configs_arg: str, batch_size_arg) -> list[tuple[str, int | None]]:
+  """(config name, batch size or None = the config's own) pairs from the two arguments."""
+  names = [n for n in configs_arg.split(",") if n]
+  batch_sizes = [int(b) for b in str(batch_size_arg).split(",")] if batch_size_arg else [None]
+  if len(batch_sizes) == 1:
+    batch_sizes *= len(names)
+  if len(batch_sizes) != len(names):
+    raise SystemExit(f"--batch_size has {len(batch_sizes)} values for {len(names)} configs: give one or one each")
+  return list(zip(names, batch_sizes))

@@ -11,6 +11,8 @@ cross-entropy, SGD with Nesterov momentum 0.9 and weight decay 5e-4 on kernels o
 learning rate. PyTorch runs in NCHW and in channels-last. Steps are alternated (sslx, torch,
 torch channels-last, sslx, ...) after one warm-up step each, so machine noise hits all alike;
 medians are reported as source images per second (a step sees 4x as many inputs).
+The ratio is also taken per round (the faster PyTorch layout's time over sslx's in that round),
+median and range: a slow spell of this shared machine moves both sides of a round alike.
 
 Model FLOP utilisation (MFU): the sslx step's FLOPs from XLA's cost analysis of the compiled
 step, over its median time, over this machine's fp32 matmul rate (2048 x 2048 jnp.dot, measured
@@ -172,20 +174,25 @@ def measure(model_name: str, batch_size: int, steps: int) -> dict:
   for name, values in times.items():
     result[f"{name}_s"] = statistics.median(values)
     result[f"{name}_images_per_s"] = batch_size / statistics.median(values)
+  # Paired per round (the steps of one round ran back to back): robust to the machine's drift.
+  result["round_ratios"] = [min(t, tc) / s for s, t, tc in
+                            zip(times["sslx"], times["torch"], times["torch_channels_last"])]
   return result
 
 
 def format_table(rows: list[dict], matmul: float) -> str:
-  lines = ["| model | batch (x4 rotations) | sslx img/s (tap weight grad) | sslx img/s (XLA weight grad) "
-           "| torch img/s | torch channels-last img/s | sslx / best torch | sslx taps / XLA "
-           "| sslx GFLOP/s | MFU |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| model | batch (x4 rotations) | sslx img/s (conv_weight_grad=taps) | sslx img/s (=xla) "
+           "| torch img/s | torch channels-last img/s | sslx / best torch | per round: median [min, max] "
+           "| sslx taps / xla | sslx GFLOP/s | MFU |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     best = max(r["torch_images_per_s"], r["torch_channels_last_images_per_s"])
     achieved = r["flops"] / r["sslx_s"]
     lines.append(f"| {r['model']} | {r['batch_size']} | {r['sslx_images_per_s']:.1f} "
                  f"| {r['sslx_xla_weight_grad_images_per_s']:.1f} | {r['torch_images_per_s']:.1f} "
                  f"| {r['torch_channels_last_images_per_s']:.1f} | {r['sslx_images_per_s'] / best:.2f} "
+                 f"| {statistics.median(r['round_ratios']):.2f} [{min(r['round_ratios']):.2f}, "
+                 f"{max(r['round_ratios']):.2f}] "
                  f"| {r['sslx_images_per_s'] / r['sslx_xla_weight_grad_images_per_s']:.2f} "
                  f"| {achieved / 1e9:.1f} | {achieved / matmul:.1%} |")
   return "\n".join(lines)

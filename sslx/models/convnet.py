@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sslx.models.layers import ConvBN, global_avg_pool
+from sslx.models.pooling import max_pool_same
 
 
 class Backbone(nn.Module):
@@ -33,7 +34,7 @@ class Backbone(nn.Module):
     features = {}
     for i, (width, k) in enumerate(zip(self.widths, self.kernel_sizes)):
       if i == 1:
-        x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        x = max_pool_same(x, (3, 3), (2, 2))
       elif i > 1:
         x = nn.avg_pool(x, (3, 3), (2, 2), padding="SAME")
       for j, kernel in enumerate((k, 1, 1)):

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from sslx.models.conv import Conv
+from sslx.models.conv import Conv, Pointwise
 
 
 class ConvBN(nn.Module):
@@ -33,7 +33,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     if self.kernel_size == 1 and self.strides == 1:
-      x = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="conv")(x)
+      x = Pointwise(self.features, weight_grad=self.weight_grad, dtype=self.dtype, name="conv")(x)
     else:
       x = Conv(self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
                weight_grad=self.weight_grad, dtype=self.dtype, name="conv")(x)

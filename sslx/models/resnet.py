@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sslx.models.layers import ConvBN, global_avg_pool
+from sslx.models.pooling import max_pool_same
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
@@ -76,7 +77,7 @@ class Backbone(nn.Module):
       x = ConvBN(base, 3, dtype=self.dtype, weight_grad=self.conv_weight_grad, name="stem")(x, train=train)
     else:
       x = ConvBN(base, 7, 2, dtype=self.dtype, weight_grad=self.conv_weight_grad, name="stem")(x, train=train)
-      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+      x = max_pool_same(x, (3, 3), (2, 2))
     features["stem"] = x
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for b in range(num_blocks):

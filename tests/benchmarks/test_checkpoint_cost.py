@@ -1,22 +1,15 @@
 """The checkpoint-cost benchmark in --quick mode (the full run is benchmarks/checkpoint_cost.py)."""
 
-import importlib.util
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.benchmarks import load_benchmark
 
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_quick_run_prints_positive_times_and_ratios(capsys):
-  checkpoint_cost = _load("checkpoint_cost")
+  checkpoint_cost = load_benchmark("checkpoint_cost")
   rows = checkpoint_cost.main(["--quick"])
   assert [r["config"] for r in rows] == ["rotation_convnet_sample.py:quick"]
   row = rows[0]
@@ -42,7 +35,7 @@ def test_quick_run_prints_positive_times_and_ratios(capsys):
 
 
 def test_bitwise_check_catches_a_changed_state():
-  checkpoint_cost = _load("checkpoint_cost")
+  checkpoint_cost = load_benchmark("checkpoint_cost")
   saved = {"a": np.arange(4, dtype=np.float32), "b": np.zeros((), np.int32)}
   checkpoint_cost.assert_bitwise_equal(saved, saved, "same")
   changed = dict(saved, a=np.nextafter(saved["a"], np.float32(10)))  # One ulp off.

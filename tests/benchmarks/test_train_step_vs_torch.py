@@ -1,24 +1,17 @@
 """The sslx-vs-PyTorch train-step benchmark: its sslx side always, its PyTorch twin where
 PyTorch is installed (a benchmark-only dependency: pip install torch==2.13.0)."""
 
-import importlib.util
 
 import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.benchmarks import load_benchmark
 
-
-def _load():
-  spec = importlib.util.spec_from_file_location("train_step_vs_torch", REPO / "benchmarks" / "train_step_vs_torch.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_sslx_side_runs_the_trainers_step_and_counts_its_flops():
-  bench = _load()
+  bench = load_benchmark("train_step_vs_torch")
   config = bench.sslx_config("convnet", 8, "taps")
   config.model.widths = (8, 16, 16)
   run, flops = bench.sslx_step(config, bench.common.real_batch(8)["image"])
@@ -30,7 +23,7 @@ def test_sslx_side_runs_the_trainers_step_and_counts_its_flops():
 @pytest.mark.parametrize("model_name", ["convnet", "resnet18"])
 def test_torch_twin_has_exactly_the_sslx_models_parameters(model_name):
   pytest.importorskip("torch")
-  bench = _load()
+  bench = load_benchmark("train_step_vs_torch")
   config = bench.sslx_config(model_name, 8, "xla")
   from sslx import train
   _, model = train.build_model(config)
@@ -43,7 +36,7 @@ def test_torch_twin_has_exactly_the_sslx_models_parameters(model_name):
 
 def test_torch_side_runs_one_step():
   pytest.importorskip("torch")
-  bench = _load()
+  bench = load_benchmark("train_step_vs_torch")
   config = bench.sslx_config("convnet", 8, "xla")
   config.model.widths = (8, 16, 16)
   run = bench.torch_step("convnet", config, bench.common.real_batch(8)["image"], channels_last=True)

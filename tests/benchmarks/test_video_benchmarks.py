@@ -1,21 +1,15 @@
 """The video benchmarks' pieces, on the embedded clip sample (the full runs are in the README)."""
 
-import importlib.util
 
 import numpy as np
 
+from tests.benchmarks import load_benchmark
 from tests.conftest import REPO
 
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def test_flow_reference_segment_means():
-  flow_reference = _load("video_flow_reference")
+  flow_reference = load_benchmark("video_flow_reference")
   per_pair = np.arange(12, dtype=np.float32).reshape(4, 3)  # 4 pairs of (dx, dy, magnitude).
   np.testing.assert_allclose(flow_reference.segment_means(per_pair, 1), per_pair.mean(axis=0))
   np.testing.assert_allclose(flow_reference.segment_means(per_pair, 2),
@@ -27,7 +21,7 @@ def test_flow_reference_segment_means():
 
 def test_flow_reference_features_of_real_clips():
   from sslx.data import sources
-  flow_reference = _load("video_flow_reference")
+  flow_reference = load_benchmark("video_flow_reference")
   source = sources.get_source("sample_video", "test")
   flows, labels, skipped = flow_reference.flows_of(source, fps=10.0)
   assert skipped == 0 and len(flows) == len(source) == len(labels)
@@ -36,7 +30,7 @@ def test_flow_reference_features_of_real_clips():
 
 
 def test_pretext_fit_memorises_fixed_pseudo_labels():
-  fit_check = _load("video_pretext_fit")
+  fit_check = load_benchmark("video_pretext_fit")
   config = fit_check.load_config(str(REPO / "experiments" / "opn_convnet_egogestar.py"),
                                  ["total_steps=5"], quick=True)
   assert config.dataset == "sample_video" and config.total_steps == 5

@@ -43,3 +43,28 @@ def test_conv_module_is_a_drop_in_for_nn_conv():
       np.testing.assert_allclose(module.apply(params, x), plain.apply(params, x), rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="unknown model.conv_weight_grad 'fast'"):
     conv.Conv(4, (3, 3), weight_grad="fast").init(jax.random.PRNGKey(0), x)
+
+
+def test_pointwise_gradients_equal_jax_grad_of_the_plain_matmul():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((3, 5, 6, 7)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((7, 4)), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((3, 5, 6, 4)), jnp.float32)
+  np.testing.assert_array_equal(conv.pointwise(x, kernel), jnp.dot(x, kernel))
+  loss = lambda f: lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
+  dx, dk = jax.grad(loss(conv.pointwise), argnums=(0, 1))(x, kernel)
+  rx, rk = jax.grad(loss(jnp.dot), argnums=(0, 1))(x, kernel)
+  np.testing.assert_allclose(dx, rx, rtol=1e-6, atol=1e-5)
+  assert float(jnp.max(jnp.abs(dk - rk))) / float(jnp.max(jnp.abs(rk))) < 1e-5
+
+
+def test_pointwise_module_is_a_drop_in_for_nn_dense():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 3)), jnp.float32)
+  dense = nn.Dense(4, use_bias=False)
+  params = dense.init(jax.random.PRNGKey(0), x)
+  for weight_grad in ("taps", "xla", "auto"):
+    module = conv.Pointwise(4, weight_grad=weight_grad)
+    own = module.init(jax.random.PRNGKey(0), x)
+    # Same names, shapes and initial values: checkpoints of either load into the other.
+    jax.tree.map(np.testing.assert_array_equal, own, params)
+    np.testing.assert_allclose(module.apply(params, x), dense.apply(params, x), rtol=1e-6, atol=1e-6)
