@@ -14,13 +14,12 @@ from sslx.models.conv import Conv, Pointwise
 class ConvBN(nn.Module):
   """Convolution (no bias), BatchNorm, optional ReLU.
 
-  A 1x1 convolution is written as a Dense layer over channels: the same
-  function and parameters (a (C_in, C_out) kernel), but XLA:CPU computes its
-  weight gradient as a plain matmul instead of its slow convolution
-  weight-gradient kernel (see ../shared/STACK.md; about 1.4x faster end to end
-  on the ConvNet here). Other convolutions get the same treatment through
-  ``sslx.models.conv.Conv`` (``weight_grad``: "auto" = per-tap matmuls on CPU,
-  XLA's kernel elsewhere).
+  A stride-1 1x1 convolution is a matmul over channels (``sslx.models.conv.Pointwise``,
+  parameters as ``nn.Dense``: a (C_in, C_out) kernel), so XLA:CPU computes its weight
+  gradient as a plain matmul instead of its slow convolution weight-gradient kernel (see
+  ../shared/STACK.md; about 1.4x faster end to end on the ConvNet here). Other convolutions
+  go through ``sslx.models.conv.Conv``. ``weight_grad`` picks both backward passes: "auto" =
+  the matmul formulations on CPU (benchmarks/train_step_vs_torch.py), XLA's elsewhere.
   """
   features: int
   kernel_size: int = 3

@@ -2,7 +2,7 @@
 
 ``flax.linen.max_pool`` lowers to XLA's reduce-window, whose gradient (select-and-scatter, a
 variadic reduce-window over index arrays) took about 0.65 s of a 3.4 s ConvNet train step on
-the 2-core CPU (benchmarks/train_step_vs_torch.py, profile in the README). Here the forward is
+the 2-core CPU (benchmarks/step_profile.py; README, issue #7). Here the forward is
 the maximum over the window's strided slices of the padded input and the custom VJP sends each
 output's gradient to the first position of its window that holds the maximum, which is what
 select-and-scatter does: forward and gradient are bit-identical to ``nn.max_pool``'s
