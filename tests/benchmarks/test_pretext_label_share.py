@@ -15,8 +15,9 @@ from tests.conftest import REPO
 
 def test_quick_run_prints_positive_times_and_shares(capsys):
   share = load_benchmark("pretext_label_share")
-  # One image and one clip config: each builds and compiles three programs, ~30 s on 2 cores.
-  names = ["rotation_convnet_sample.py", "shuffle_and_learn_convnet_egogestar.py"]
+  # One config builds and compiles three programs, ~30 s on 2 cores (CI's budget); the clip
+  # path's batches and labels are checked without a model below.
+  names = ["rotation_convnet_sample.py"]
   rows = share.main(["--quick", "--configs", ",".join(names)])
   assert [r["config"] for r in rows] == [f"{n}:quick" for n in names]
   for row in rows:
@@ -28,17 +29,14 @@ def test_quick_run_prints_positive_times_and_shares(capsys):
     # (c) runs (a)'s program on (b)'s outputs (the benchmark checks this itself, at 1e-4).
     assert row["loss_given"] == pytest.approx(row["loss_step"], rel=1e-4)
     assert row["grad_norm_given"] == pytest.approx(row["grad_norm_step"], rel=1e-4)
-  rotation, shuffle = rows
+  rotation, = rows
   # Rotation: all four turns of every image, labels 0..3 in turn; a 4-way head.
   assert rotation["model_inputs"] == 16 and rotation["classes"] == 4
   np.testing.assert_array_equal(rotation["labels"], np.tile(np.arange(4), 4))
-  # Shuffle and Learn: three frames per clip, binary labels, a 2-way head.
-  assert shuffle["model_inputs"] == 12 and shuffle["classes"] == 2
-  assert shuffle["input_shape"][1:] == (32, 32, 3) and set(shuffle["labels"].tolist()) <= {0, 1}
 
   lines = capsys.readouterr().out.splitlines()
   table = [line for line in lines if line.startswith("|")]
-  assert len(table) == 4 and "(b)/(a)" in table[0] and "((a)-(c))/(a)" in table[0]
+  assert len(table) == 3 and "(b)/(a)" in table[0] and "((a)-(c))/(a)" in table[0]
   for line, row in zip(table[2:], rows):
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == row["config"] and cells[1] == "4"
