@@ -39,10 +39,9 @@ from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import configs, train
+from sslx import train
 from sslx.data import pipeline
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "rotation_resnet18_cifar10.py")
 DEFAULT_BATCH_SIZES = (32, 8)  # Rotation x4: 128 and 32 inputs per step, so both fit 2 CPU cores.
 QUICK_CONFIG = "rotation_convnet_sample.py"
@@ -160,12 +159,7 @@ def main(argv=None) -> list[dict]:
 
   rows = []
   for name, batch_size in zip(names, batch_sizes):
-    path = pathlib.Path(name) if pathlib.Path(name).is_file() else REPO / "experiments" / name
-    config = configs.load(path, arg)
-    config.batch_size = batch_size
-    if batch_size % len(jax.devices()):
-      raise SystemExit(f"batch size {batch_size} is not divisible by the {len(jax.devices())} devices")
-    label = pathlib.Path(name).name + (":quick" if arg else "")
+    config, label = common.load_config(name, arg, batch_size)
     print(f"measuring {label} (batch {batch_size}, {repeats} repeats)...", file=sys.stderr, flush=True)
     rows.append({"config": label, **measure(config, repeats=repeats, tmp_dir=args.tmp_dir)})
   print(f"jax {jax.__version__}, orbax-checkpoint {ocp.__version__}, "

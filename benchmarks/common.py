@@ -5,12 +5,16 @@ Benchmarks import it as ``common`` (each puts its own folder on ``sys.path``).
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sslx import train
+from sslx import configs, train
 from sslx.data import image_ops, pipeline, sources
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def real_batch(batch_size: int, size: int = 32, *, index_classes: int | None = None) -> dict:
@@ -56,3 +60,14 @@ def configs_and_batch_sizes(configs_arg: str, batch_size_arg) -> list[tuple[str,
   if len(batch_sizes) != len(names):
     raise SystemExit(f"--batch_size has {len(batch_sizes)} values for {len(names)} configs: give one or one each")
   return list(zip(names, batch_sizes))
+
+
+def load_config(name: str, arg: str | None, batch_size: int | None):
+  """(config, table label) for a file in experiments/ (or a path), at ``batch_size`` (None: the
+  config's own), checked to split over this host's devices."""
+  path = pathlib.Path(name) if pathlib.Path(name).is_file() else REPO / "experiments" / name
+  config = configs.load(path, arg)
+  config.batch_size = batch_size or config.batch_size
+  if config.batch_size % jax.device_count():
+    raise SystemExit(f"batch size {config.batch_size} is not divisible by the {jax.device_count()} devices")
+  return config, path.name + (":quick" if arg else "")

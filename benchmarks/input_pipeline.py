@@ -57,10 +57,9 @@ from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import configs, pretexts, train
+from sslx import pretexts, train
 from sslx.data import pipeline, sources
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "rotation_convnet_cifar10.py", "opn_convnet_egogestar.py")
 QUICK = (("rotation_convnet_sample.py", 8), ("opn_convnet_egogestar.py", 4))
 PREFETCH = 256  # make_dataset's prefetch_buffer_size, which sslx.train keeps.
@@ -72,7 +71,7 @@ def resolve_dataset(config):
   if config.dataset.startswith("folder:"):
     path = pathlib.Path(config.dataset[len("folder:"):]).expanduser()
     if not path.is_absolute():
-      config.dataset = f"folder:{REPO / path}"
+      config.dataset = f"folder:{common.REPO / path}"
   return config
 
 
@@ -215,12 +214,8 @@ def main(argv=None) -> list[dict]:
 
   rows, skipped = [], []
   for name, batch_size in zip(names, batch_sizes):
-    path = pathlib.Path(name) if pathlib.Path(name).is_file() else REPO / "experiments" / name
-    config = resolve_dataset(configs.load(path, arg))
-    config.batch_size = batch_size or config.batch_size
-    if config.batch_size % len(jax.devices()):
-      raise SystemExit(f"batch size {config.batch_size} is not divisible by the {len(jax.devices())} devices")
-    label = pathlib.Path(name).name + (":quick" if arg else "")
+    config, label = common.load_config(name, arg, batch_size)
+    config = resolve_dataset(config)
     print(f"measuring {label} (batch {config.batch_size})...", file=sys.stderr, flush=True)
     try:
       source = sources.from_config(config, config.train_split)

@@ -46,18 +46,13 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import configs, pretexts, train
+from sslx import pretexts, train
 from sslx.data import pipeline, sources
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "jigsaw_convnet_cifar10.py", "opn_convnet_egogestar.py",
                    "shuffle_and_learn_convnet_egogestar.py")
 QUICK_BATCH_SIZE = 4
 TIMED = ("step", "labels", "given")
-
-
-def config_path(name: str) -> pathlib.Path:
-  return pathlib.Path(name) if pathlib.Path(name).is_file() else REPO / "experiments" / name
 
 
 def real_clips(config, batch_size: int) -> dict:
@@ -243,11 +238,7 @@ def main(argv=None) -> list[dict]:
 
   rows = []
   for name, batch_size in zip(names, batch_sizes):
-    config = configs.load(config_path(name), arg)
-    config.batch_size = batch_size or config.batch_size
-    if config.batch_size % jax.device_count():
-      raise SystemExit(f"batch size {config.batch_size} is not divisible by the {jax.device_count()} devices")
-    label = pathlib.Path(name).name + (":quick" if arg else "")
+    config, label = common.load_config(name, arg, batch_size)
     print(f"measuring {label} (batch {config.batch_size}, {repeats} repeats)...", file=sys.stderr, flush=True)
     rows.append({"config": label, **measure(config, repeats=repeats)})
   print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; "
