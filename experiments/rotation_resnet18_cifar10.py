@@ -15,7 +15,7 @@ def get_config(arg=None):
   c.dataset = "folder:../shared/data/cifar10"
   c.model = configs.ml_collections.ConfigDict(
       {"name": "resnet", "depth": 18, "stem": "cifar", "width": 1.0, "dtype": "float32",
-       "conv_weight_grad": "auto"})
+       "conv_kernels": "auto"})
   c.batch_size = 128
   c.total_steps = 78_200
   c.optimizer.schedule = "step"

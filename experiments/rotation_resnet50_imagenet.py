@@ -23,7 +23,7 @@ def get_config(arg=None):
       {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
   c.model = ml_collections.ConfigDict(
       {"name": "resnet", "depth": 50, "stem": "imagenet", "width": 1.0, "dtype": "bfloat16",
-       "conv_weight_grad": "auto"})
+       "conv_kernels": "auto"})
   c.batch_size = 1024
   c.total_steps = 43_800
   c.optimizer.learning_rate = 0.4

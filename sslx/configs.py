@@ -40,11 +40,11 @@ def base() -> ml_collections.ConfigDict:
   c.normalize = ml_collections.ConfigDict(
       {"mean": image_ops.CIFAR10_MEAN, "std": image_ops.CIFAR10_STD})
 
-  # conv_weight_grad (2D backbones): how convolution weight gradients are computed, see
-  # sslx/models/conv.py: "auto" = per-tap matmuls on CPU (faster there), XLA's kernel elsewhere.
+  # conv_kernels (2D backbones): which kernels run the convolutions, see sslx/models/conv.py:
+  # "auto" = oneDNN's on one CPU device (per-tap weight-gradient matmuls on several), XLA's elsewhere.
   c.model = ml_collections.ConfigDict({"name": "convnet", "widths": (32, 64, 128),
                                        "kernel_sizes": (3, 3, 3), "dtype": "float32",
-                                       "conv_weight_grad": "auto"})
+                                       "conv_kernels": "auto"})
 
   c.batch_size = 128  # Global, in source images (before the pretext multiplies them).
   c.total_steps = 1000

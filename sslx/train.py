@@ -371,10 +371,11 @@ def check_resumable(saved_meta: dict, config, workdir: str):
       tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
 
-  # How gradients are computed changes no parameter: a run may resume with another choice.
+  # Which kernels run the convolutions changes no parameter: a run may resume with another
+  # choice (conv_weight_grad: the option's name before "onednn" was added).
   for tree in (saved, now):
     if isinstance(tree.get("model"), dict):
-      tree["model"] = {k: v for k, v in tree["model"].items() if k != "conv_weight_grad"}
+      tree["model"] = {k: v for k, v in tree["model"].items() if k not in ("conv_kernels", "conv_weight_grad")}
   for key in RESUME_KEYS:
     if lookup(saved, key) != lookup(now, key):
       raise ValueError(f"workdir {workdir} holds a checkpoint of {key} {lookup(saved, key)}, but the config asks "

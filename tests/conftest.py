@@ -1,12 +1,27 @@
 """Shared fixtures: real images from the embedded sample, tiny configs."""
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One persistent XLA compilation cache for the test session, set before jax is imported and
+# inherited by the sslx-train and worker processes tests start: a tiny step compiled once is
+# loaded by every later process that builds the same program (the resume, interruption and
+# multi-process tests run the same step in several processes; about half their time). Removed
+# at exit; a JAX_COMPILATION_CACHE_DIR of the user's own is kept and used instead.
+_XLA_CACHE = tempfile.mkdtemp(prefix="sslx-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
-from sslx import train
-from sslx.data import image_ops, sources
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sslx import train  # noqa: E402
+from sslx.data import image_ops, sources  # noqa: E402
 
 # As sslx-train does, before any computation: deterministic GPU kernels, so the
 # exact-resume tests hold on a GPU too.

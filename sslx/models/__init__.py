@@ -33,6 +33,8 @@ def get_backbone(model_config) -> nn.Module:
   except ModuleNotFoundError:
     raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet', 'c3d', 'r3d' "
                      f"(a module under sslx/models/)") from None
+  if "conv_weight_grad" in kwargs:  # The option's name in checkpoints written before "onednn".
+    kwargs["conv_kernels"] = kwargs.pop("conv_weight_grad")
   if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
   for key, value in kwargs.items():

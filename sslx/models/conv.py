@@ -1,16 +1,21 @@
-"""A 2D convolution whose weight gradient is computed as matmuls, for XLA:CPU.
+"""2D convolutions with kernels chosen for the backend: ``model.conv_kernels``.
 
-XLA:CPU's convolution weight-gradient kernel runs several times slower than its
-forward and input-gradient convolutions (../shared/STACK.md; benchmarks/
-train_step_vs_torch.py). ``conv2d`` computes the same function with a custom
-VJP: the input gradient is XLA's own (the transposed convolution), the weight
-gradient is one matmul per kernel tap, ``x_shifted^T @ g`` over the batch and
-all positions, which XLA:CPU runs at matmul speed. Numerically it is the same
-sum in another order (tests/models/test_conv.py checks it against ``jax.grad``
-of the plain convolution). ``Conv`` is a drop-in for ``nn.Conv`` (same parameter
-name and shape, so checkpoints are interchangeable) that uses it where
-``weight_grad="taps"``; "xla" keeps the plain convolution (the reference, and
-the choice on GPU/TPU, whose convolution kernels are fast).
+XLA:CPU's convolution kernels are slow next to oneDNN's (PyTorch's) on the same CPU,
+its weight-gradient kernel most of all (../shared/STACK.md; README, "Performance
+against PyTorch"; benchmarks/train_step_vs_torch.py). ``Conv`` is a drop-in for
+``nn.Conv`` (same parameter name and shape, so checkpoints are interchangeable)
+whose ``kernels`` pick how it runs, all computing the same function (tests/models/
+test_conv.py checks each against ``jax.grad`` of the plain convolution):
+
+- "xla": ``lax.conv_general_dilated`` differentiated by JAX; the reference, and the
+  choice on GPU/TPU, whose convolution kernels are fast.
+- "onednn": forward, input and weight gradients by oneDNN (``sslx.models.onednn``),
+  CPU and fp32 only.
+- "taps": XLA's forward and input gradient; the weight gradient as one matmul per
+  kernel tap, ``x_shifted^T @ g`` over the batch and all positions (``conv2d``),
+  which XLA:CPU runs at matmul speed. Needs nothing beyond jax.
+- "auto": "onednn" on a single CPU device where it is available, "taps" on other
+  CPU setups, "xla" elsewhere.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sslx.models import onednn
+
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-WEIGHT_GRADS = ("auto", "taps", "xla")
+KERNELS = ("auto", "onednn", "taps", "xla")
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -100,13 +107,22 @@ def _pointwise_bwd(residuals, g):
 pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
-def resolve_weight_grad(weight_grad: str) -> str:
-  """"auto": "taps" on CPU, "xla" elsewhere (decided when the model is traced)."""
-  if weight_grad not in WEIGHT_GRADS:
-    raise ValueError(f"unknown model.conv_weight_grad {weight_grad!r}: use one of {WEIGHT_GRADS}")
-  if weight_grad == "auto":
-    return "taps" if jax.default_backend() == "cpu" else "xla"
-  return weight_grad
+def resolve_kernels(kernels: str, dtype=jnp.float32) -> str:
+  """The kernels a convolution of ``dtype`` runs with (decided when the model is traced)."""
+  if kernels not in KERNELS:
+    raise ValueError(f"unknown model.conv_kernels {kernels!r}: use one of {KERNELS}")
+  if kernels == "auto":
+    if jax.default_backend() != "cpu":
+      return "xla"
+    # Several CPU devices partition the batch; XLA's partitioner cannot split a custom call.
+    single_fp32 = jnp.dtype(dtype) == jnp.float32 and jax.device_count() == 1
+    return "onednn" if single_fp32 and not onednn.unavailable_reason() else "taps"
+  if kernels == "onednn":
+    why = onednn.unavailable_reason() or (
+        "" if jnp.dtype(dtype) == jnp.float32 else f"its kernels are fp32 and the model is {jnp.dtype(dtype)}")
+    if why:
+      raise ValueError(f"model.conv_kernels='onednn' cannot run: {why}")
+  return kernels
 
 
 class Conv(nn.Module):
@@ -114,7 +130,7 @@ class Conv(nn.Module):
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
-  weight_grad: str = "auto"
+  kernels: str = "auto"
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
 
@@ -124,19 +140,22 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     strides = tuple(self.strides)
-    if resolve_weight_grad(self.weight_grad) == "xla":
+    kernels = resolve_kernels(self.kernels, self.dtype)
+    if kernels == "xla":
       return _conv(x, kernel, strides, "SAME")
     padding = (same_padding(x.shape[1], kh, strides[0]), same_padding(x.shape[2], kw, strides[1]))
+    if kernels == "onednn":
+      return onednn.conv2d(x, kernel, strides, padding)
     return conv2d(x, kernel, strides, padding)
 
 
 class Pointwise(nn.Module):
   """1x1 convolution without bias, parameters as ``nn.Dense`` (``kernel``, (C_in, C_out)).
 
-  ``weight_grad`` as in ``Conv``: "taps" (CPU under "auto") uses ``pointwise``'s backward,
-  "xla" is ``jnp.dot`` differentiated by JAX (the reference)."""
+  ``kernels`` as in ``Conv``: "xla" is ``jnp.dot`` differentiated by JAX (the reference);
+  the others ("auto" on CPU) use ``pointwise``'s backward (a matmul: XLA's is as fast as oneDNN's)."""
   features: int
-  weight_grad: str = "auto"
+  kernels: str = "auto"
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
 
@@ -144,6 +163,7 @@ class Pointwise(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if resolve_weight_grad(self.weight_grad) == "xla":
+    # A matmul needs no oneDNN kernel: "onednn" means the same here as "taps".
+    if resolve_kernels("taps" if self.kernels == "onednn" else self.kernels, self.dtype) == "xla":
       return jnp.dot(x, kernel)
     return pointwise(x, kernel)

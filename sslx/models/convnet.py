@@ -23,7 +23,7 @@ class Backbone(nn.Module):
   widths: Sequence[int] = (32, 64, 128)
   kernel_sizes: Sequence[int] = (3, 3, 3)
   dtype: Any = jnp.float32
-  conv_weight_grad: str = "auto"  # sslx.models.conv: "taps" (CPU), "xla", "auto".
+  conv_kernels: str = "auto"  # sslx.models.conv.KERNELS: "auto", "onednn", "taps", "xla".
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -38,7 +38,7 @@ class Backbone(nn.Module):
       elif i > 1:
         x = nn.avg_pool(x, (3, 3), (2, 2), padding="SAME")
       for j, kernel in enumerate((k, 1, 1)):
-        x = ConvBN(width, kernel, dtype=self.dtype, weight_grad=self.conv_weight_grad, name=f"block{i + 1}_conv{j + 1}")(x, train=train)
+        x = ConvBN(width, kernel, dtype=self.dtype, kernels=self.conv_kernels, name=f"block{i + 1}_conv{j + 1}")(x, train=train)
       features[f"block{i + 1}"] = x
     features["pooled"] = global_avg_pool(x)
     return features

@@ -18,8 +18,9 @@ class ConvBN(nn.Module):
   parameters as ``nn.Dense``: a (C_in, C_out) kernel), so XLA:CPU computes its weight
   gradient as a plain matmul instead of its slow convolution weight-gradient kernel (see
   ../shared/STACK.md; about 1.4x faster end to end on the ConvNet here). Other convolutions
-  go through ``sslx.models.conv.Conv``. ``weight_grad`` picks both backward passes: "auto" =
-  the matmul formulations on CPU (benchmarks/train_step_vs_torch.py), XLA's elsewhere.
+  go through ``sslx.models.conv.Conv``. ``kernels`` (``model.conv_kernels``) picks how both
+  run: "auto" = oneDNN or the matmul formulations on CPU (benchmarks/train_step_vs_torch.py),
+  XLA's elsewhere.
   """
   features: int
   kernel_size: int = 3
@@ -27,15 +28,15 @@ class ConvBN(nn.Module):
   relu: bool = True
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
-  weight_grad: str = "auto"
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     if self.kernel_size == 1 and self.strides == 1:
-      x = Pointwise(self.features, weight_grad=self.weight_grad, dtype=self.dtype, name="conv")(x)
+      x = Pointwise(self.features, kernels=self.kernels, dtype=self.dtype, name="conv")(x)
     else:
       x = Conv(self.features, (self.kernel_size, self.kernel_size), (self.strides, self.strides),
-               weight_grad=self.weight_grad, dtype=self.dtype, name="conv")(x)
+               kernels=self.kernels, dtype=self.dtype, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
                      name="bn")(x)
     return nn.relu(x) if self.relu else x

@@ -25,12 +25,12 @@ class BasicBlock(nn.Module):
   features: int
   strides: int
   dtype: Any
-  weight_grad: str = "auto"
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train):
     residual = x
-    conv_bn = functools.partial(ConvBN, dtype=self.dtype, weight_grad=self.weight_grad)
+    conv_bn = functools.partial(ConvBN, dtype=self.dtype, kernels=self.kernels)
     y = conv_bn(self.features, 3, self.strides, name="conv1")(x, train=train)
     y = conv_bn(self.features, 3, relu=False, name="conv2")(y, train=train)
     if residual.shape != y.shape:
@@ -42,12 +42,12 @@ class Bottleneck(nn.Module):
   features: int
   strides: int
   dtype: Any
-  weight_grad: str = "auto"
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train):
     residual = x
-    conv_bn = functools.partial(ConvBN, dtype=self.dtype, weight_grad=self.weight_grad)
+    conv_bn = functools.partial(ConvBN, dtype=self.dtype, kernels=self.kernels)
     y = conv_bn(self.features, 1, name="conv1")(x, train=train)
     y = conv_bn(self.features, 3, self.strides, name="conv2")(y, train=train)
     y = conv_bn(self.features * 4, 1, relu=False, name="conv3")(y, train=train)
@@ -61,7 +61,7 @@ class Backbone(nn.Module):
   stem: str = "cifar"
   width: float = 1.0
   dtype: Any = jnp.float32
-  conv_weight_grad: str = "auto"  # sslx.models.conv: "taps" (CPU), "xla", "auto".
+  conv_kernels: str = "auto"  # sslx.models.conv.KERNELS: "auto", "onednn", "taps", "xla".
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -74,15 +74,15 @@ class Backbone(nn.Module):
     base = int(round(64 * self.width))
     features = {}
     if self.stem == "cifar":
-      x = ConvBN(base, 3, dtype=self.dtype, weight_grad=self.conv_weight_grad, name="stem")(x, train=train)
+      x = ConvBN(base, 3, dtype=self.dtype, kernels=self.conv_kernels, name="stem")(x, train=train)
     else:
-      x = ConvBN(base, 7, 2, dtype=self.dtype, weight_grad=self.conv_weight_grad, name="stem")(x, train=train)
+      x = ConvBN(base, 7, 2, dtype=self.dtype, kernels=self.conv_kernels, name="stem")(x, train=train)
       x = max_pool_same(x, (3, 3), (2, 2))
     features["stem"] = x
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = block_cls(base * 2**stage, strides, self.dtype, self.conv_weight_grad,
+        x = block_cls(base * 2**stage, strides, self.dtype, self.conv_kernels,
                       name=f"stage{stage + 1}_block{b + 1}")(
             x, train=train)
       features[f"block{stage + 1}"] = x

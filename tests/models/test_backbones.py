@@ -49,3 +49,9 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_unknown_backbone_is_one_line_error():
   with pytest.raises(ValueError, match="unknown model name 'vgg'"):
     models.get_backbone({"name": "vgg"})
+
+
+def test_checkpoints_naming_the_conv_kernels_option_by_its_old_name_still_build():
+  # Configs saved in checkpoints before "onednn" was added call model.conv_kernels conv_weight_grad.
+  old = models.get_backbone({"name": "convnet", "widths": (8, 8, 8), "conv_weight_grad": "taps"})
+  assert old.conv_kernels == "taps"

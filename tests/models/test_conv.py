@@ -1,10 +1,15 @@
+import importlib.metadata
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslx.models import conv
+from sslx.models import conv, onednn
+
+# "onednn" where its wheels are installed (x86-64 Linux; always in CI): see _require_onednn.
+RUNNABLE_KERNELS = [k for k in conv.KERNELS if k != "onednn" or not onednn.unavailable_reason()]
 
 
 def _reference(x, kernel, strides):
@@ -32,17 +37,67 @@ def test_tap_weight_gradient_equals_jax_grad_of_the_plain_convolution(size, kern
   assert float(jnp.max(jnp.abs(dk - rk))) / scale < 1e-5
 
 
+def _require_onednn():
+  try:
+    importlib.metadata.distribution("onednn-cpu-gomp")
+  except importlib.metadata.PackageNotFoundError:
+    pytest.skip("the oneDNN wheels are x86-64 Linux only (requirements.txt)")
+  # Installed, the kernel must build and register.
+  assert onednn.unavailable_reason() == ""
+
+
+@pytest.mark.parametrize("size, kernel_size, cin, cout, stride", [
+    (8, 3, 4, 5, 1), (9, 3, 3, 6, 2), (8, 7, 3, 4, 2), (7, 1, 5, 3, 2), (6, 5, 2, 3, 1), (10, 4, 3, 2, 3)])
+def test_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(size, kernel_size, cin, cout, stride):
+  _require_onednn()
+  rng = np.random.default_rng(size * kernel_size + stride)
+  x = jnp.asarray(rng.standard_normal((3, size, size + 1, cin)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, cin, cout)), jnp.float32)
+  strides = (stride, stride)
+  padding = (conv.same_padding(size, kernel_size, stride), conv.same_padding(size + 1, kernel_size, stride))
+  g = jnp.asarray(rng.standard_normal(_reference(x, kernel, strides).shape), jnp.float32)
+
+  def value_and_grads(f):
+    loss = lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
+    return jax.jit(lambda x_, k_: (f(x_, k_), jax.grad(loss, argnums=(0, 1))(x_, k_)))
+
+  ours = value_and_grads(lambda x_, k_: onednn.conv2d(x_, k_, strides, padding))
+  # All three passes are oneDNN's custom call, not XLA's convolution.
+  hlo = ours.lower(x, kernel).as_text()
+  assert hlo.count(onednn.TARGET) == 3 and "convolution" not in hlo
+  out, (dx, dk) = ours(x, kernel)
+  reference, (rx, rk) = value_and_grads(lambda x_, k_: _reference(x_, k_, strides))(x, kernel)
+  # The same sums in another order: fp32 rounding only.
+  for ours_, theirs in ((out, reference), (dx, rx), (dk, rk)):
+    assert ours_.shape == theirs.shape
+    assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
+
+
+def test_conv_kernels_resolve_per_backend_and_explain_what_cannot_run(monkeypatch):
+  _require_onednn()
+  assert conv.resolve_kernels("auto") == "onednn"  # One CPU device, fp32, the wheels installed.
+  assert conv.resolve_kernels("auto", jnp.bfloat16) == "taps"
+  assert conv.resolve_kernels("xla") == "xla"
+  with pytest.raises(ValueError, match="conv_kernels='onednn' cannot run: its kernels are fp32 and the model is bfloat16"):
+    conv.resolve_kernels("onednn", jnp.bfloat16)
+  # Without the wheels (or a compiler): "auto" falls back to the tap matmuls, "onednn" says how to get them.
+  monkeypatch.setattr(onednn, "_register", lambda: "no C++ compiler found to build the kernel: install g++")
+  assert conv.resolve_kernels("auto") == "taps"
+  with pytest.raises(ValueError, match=r"cannot run: no C\+\+ compiler found .* install g\+\+; or set model.conv_kernels to 'taps'"):
+    conv.resolve_kernels("onednn")
+
+
 def test_conv_module_is_a_drop_in_for_nn_conv():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 3)), jnp.float32)
   for strides in ((1, 1), (2, 2)):
     plain = nn.Conv(4, (3, 3), strides, padding="SAME", use_bias=False)
     params = plain.init(jax.random.PRNGKey(0), x)
-    for weight_grad in ("taps", "xla", "auto"):
-      module = conv.Conv(4, (3, 3), strides, weight_grad=weight_grad)
+    for kernels in RUNNABLE_KERNELS:
+      module = conv.Conv(4, (3, 3), strides, kernels=kernels)
       assert jax.tree.map(jnp.shape, module.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
       np.testing.assert_allclose(module.apply(params, x), plain.apply(params, x), rtol=1e-6, atol=1e-6)
-  with pytest.raises(ValueError, match="unknown model.conv_weight_grad 'fast'"):
-    conv.Conv(4, (3, 3), weight_grad="fast").init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="unknown model.conv_kernels 'fast'"):
+    conv.Conv(4, (3, 3), kernels="fast").init(jax.random.PRNGKey(0), x)
 
 
 def test_pointwise_gradients_equal_jax_grad_of_the_plain_matmul():
@@ -62,8 +117,8 @@ def test_pointwise_module_is_a_drop_in_for_nn_dense():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 3)), jnp.float32)
   dense = nn.Dense(4, use_bias=False)
   params = dense.init(jax.random.PRNGKey(0), x)
-  for weight_grad in ("taps", "xla", "auto"):
-    module = conv.Pointwise(4, weight_grad=weight_grad)
+  for kernels in RUNNABLE_KERNELS:
+    module = conv.Pointwise(4, kernels=kernels)
     own = module.init(jax.random.PRNGKey(0), x)
     # Same names, shapes and initial values: checkpoints of either load into the other.
     jax.tree.map(np.testing.assert_array_equal, own, params)

@@ -1,0 +1,20 @@
+"""The per-kernel convolution benchmark at a tiny batch (the full run is benchmarks/conv_kernels.py)."""
+
+import numpy as np
+
+from tests.benchmarks import load_benchmark
+
+
+def test_tiny_run_times_every_pass_and_checks_each_kernel_against_xla(capsys):
+  bench = load_benchmark("conv_kernels")
+  rows = bench.main(["--batch_size", "2", "--repeats", "1", "--layers", "stem,block2_down", "--no_torch"])
+  assert [r["layer"] for r in rows] == ["stem", "block2_down"]
+  for row in rows:
+    for kernels in ("xla", "taps", "onednn"):
+      for name in bench.PASSES:
+        assert row[f"{kernels}_{name}"] > 0 and np.isfinite(row[f"{kernels}_{name}"])
+    # Every pass of each kernel agrees with XLA's to fp32 rounding.
+    assert 0 <= row["taps_error"] < 1e-5 and 0 <= row["onednn_error"] < 1e-5
+  table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+  assert len(table) == 4 and "onednn weight grad" in table[0] and "onednn max rel. error" in table[0]
+  assert table[3].startswith("| block2_down | 32x32, 64->128 /2 |")
