@@ -19,7 +19,7 @@ class ConvBN(nn.Module):
   gradient as a plain matmul instead of its slow convolution weight-gradient kernel (see
   ../shared/STACK.md; about 1.4x faster end to end on the ConvNet here). Other convolutions
   go through ``sslx.models.conv.Conv``. ``kernels`` (``model.conv_kernels``) picks how both
-  run: "auto" = oneDNN or the matmul formulations on CPU (benchmarks/train_step_vs_torch.py),
+  run: "auto" = oneDNN's kernels (or the matmul formulations) on CPU (benchmarks/train_step_vs_torch.py),
   XLA's elsewhere.
   """
   features: int

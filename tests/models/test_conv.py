@@ -47,7 +47,8 @@ def _require_onednn():
 
 
 @pytest.mark.parametrize("size, kernel_size, cin, cout, stride", [
-    (8, 3, 4, 5, 1), (9, 3, 3, 6, 2), (8, 7, 3, 4, 2), (7, 1, 5, 3, 2), (6, 5, 2, 3, 1), (10, 4, 3, 2, 3)])
+    (8, 3, 4, 5, 1), (9, 3, 3, 6, 2), (8, 7, 3, 4, 2), (7, 1, 5, 3, 2), (6, 5, 2, 3, 1), (10, 4, 3, 2, 3),
+    (6, 1, 7, 4, 1)])  # The last: Pointwise's 1x1.
 def test_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(size, kernel_size, cin, cout, stride):
   _require_onednn()
   rng = np.random.default_rng(size * kernel_size + stride)
