@@ -12,7 +12,7 @@ The kernel (``onednn_conv.cc`` beside this file) is compiled on first use with t
 C++ compiler against the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (pinned in
 requirements.txt) and jaxlib's FFI headers, into ``$SSLX_CACHE_DIR`` (default
 ``~/.cache/sslx``), keyed by a hash of the source and of those versions; later processes load
-the cached library. Compiling takes about 10 s.
+the cached library. Compiling takes about 8 s.
 """
 
 from __future__ import annotations
