@@ -9,7 +9,7 @@ sample, and times in one loop, alternating so that machine noise hits all alike:
 
 - step: one train step, until its state and metrics are ready (block_until_ready);
 - async blocks: how long ``manager.save`` holds the loop with the trainer's async manager
-  (train.checkpoint_manager, the Composite(state=StandardSave(...)) layout);
+  (checkpoints.manager, the Composite(state=StandardSave(...)) layout);
 - async complete: that save plus ``wait_until_finished``, i.e. until it is on disk;
 - sync save: the same save with async checkpointing off;
 - restore: StandardRestore onto the abstract state with its sharding, until ready.
@@ -39,7 +39,7 @@ from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import train
+from sslx import checkpoints, process
 from sslx.data import pipeline
 
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "rotation_resnet18_cifar10.py")
@@ -73,7 +73,7 @@ def measure(config, *, repeats: int, tmp_dir: str | None = None, warmup: int = 1
   with tempfile.TemporaryDirectory(prefix="sslx_checkpoint_cost_", dir=tmp_dir) as tmp:
     # The trainer's manager (async, its max_to_keep); force=True since save_interval_steps
     # would skip most steps. The sync one differs only in enable_async_checkpointing.
-    async_manager = train.checkpoint_manager(f"{tmp}/async", config)
+    async_manager = checkpoints.manager(f"{tmp}/async", config)
     sync_manager = ocp.CheckpointManager(
         f"{tmp}/sync/checkpoints", options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints, enable_async_checkpointing=False, create=True))
@@ -169,5 +169,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  train.request_deterministic_gpu_ops()  # As sslx-train does, before any computation.
+  process.request_deterministic_gpu_ops()  # As sslx-train does, before any computation.
   main()

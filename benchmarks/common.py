@@ -1,20 +1,27 @@
-"""What the benchmarks share: a real batch from the embedded sample and the trainer's own step.
+"""What the benchmarks share: the data directory, a real batch from the embedded sample and
+the trainer's own step.
 
-Benchmarks import it as ``common`` (each puts its own folder on ``sys.path``).
+Benchmarks import it as ``common`` (each puts its own folder on ``sys.path``). Importing it
+sets the data directory of ``folder:NAME`` datasets (sslx/data/sources.py) to the data beside
+the repository, ../shared/data, unless ``SSLX_DATA_DIR`` names another.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sslx import configs, train
+from sslx import configs, run
 from sslx.data import image_ops, pipeline, sources
+from sslx.models import conv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA_DIR = pathlib.Path(os.environ.setdefault("SSLX_DATA_DIR", str(REPO.parent / "shared" / "data")))
 
 
 def real_batch(batch_size: int, size: int = 32, *, index_classes: int | None = None) -> dict:
@@ -30,13 +37,27 @@ def real_batch(batch_size: int, size: int = 32, *, index_classes: int | None = N
   return {"image": images, "index": index % index_classes if index_classes else index}
 
 
+_KERNEL_LINES: set[str] = set()
+
+
+def prepare_kernels(config, devices) -> str:
+  """``conv.prepare_kernels`` for ``config.model`` as sslx-train does at start-up (oneDNN built or
+  loaded before anything traces); its line goes to stderr, once per distinct line."""
+  line = conv.prepare_kernels(config.model, devices)
+  if line not in _KERNEL_LINES:
+    _KERNEL_LINES.add(line)
+    print(line, file=sys.stderr, flush=True)
+  return line
+
+
 def train_step(config, mesh=None):
   """The trainer's jitted step (donated state), its initial state and sharding, and the mesh."""
-  mesh = mesh if mesh is not None else train.make_mesh()
-  pretext, model = train.build_model(config)
-  tx, schedule = train.make_optimizer(config.optimizer, config.total_steps)
-  state, state_sharding = train.create_train_state(config, model, pretext, tx, mesh)
-  step = jax.jit(train.make_train_step(config, model, pretext, tx, schedule),
+  mesh = mesh if mesh is not None else run.make_mesh()
+  prepare_kernels(config, mesh.devices.flat)
+  pretext, model = run.build_model(config)
+  tx, schedule = run.make_optimizer(config.optimizer, config.total_steps)
+  state, state_sharding = run.create_train_state(config, model, pretext, tx, mesh)
+  step = jax.jit(run.make_train_step(config, model, pretext, tx, schedule),
                  in_shardings=(state_sharding, pipeline.data_sharding(mesh)),
                  out_shardings=(state_sharding, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
   return step, state, state_sharding, mesh

@@ -126,8 +126,10 @@ def main(argv=None) -> list[dict]:
   unknown = sorted(set(kernels) - (set(conv.KERNELS) - {"auto"}))
   if unknown:
     raise SystemExit(f"unknown --kernels {unknown}: use some of xla, taps, onednn")
-  if "onednn" in kernels and onednn.unavailable_reason():
-    raise SystemExit(f"--kernels onednn: {onednn.unavailable_reason()}")
+  # Built (or loaded from its cache) before anything is traced, as sslx-train does.
+  why = onednn.prepare() if "onednn" in kernels else None
+  if why:
+    raise SystemExit(f"--kernels onednn: {why}; or leave onednn out of --kernels")
   layers = LAYERS if args.layers == "all" else [l for l in LAYERS if l[0] in args.layers.split(",")]
   if not layers:
     raise SystemExit(f"no --layers matched: use some of {[l[0] for l in LAYERS]}")

@@ -5,9 +5,9 @@
     python benchmarks/input_pipeline.py --quick   # rotation sample + OPN sample clips, tiny batches.
 
 For each config (default: rotation on the embedded sample, rotation on the real CIFAR-10 JPEGs
-in ../shared/data/cifar10, OPN on the egogestar clips in ../shared/data/egogestar; a config
-whose data are absent is skipped with its reason), one run builds the trainer's own pieces:
-``sources.from_config``, ``train.make_preprocess`` and ``train.make_train_iterator`` (grain,
+and OPN on the egogestar clips of the data directory, common.DATA_DIR; a config whose data are
+absent is skipped with its reason), one run builds the trainer's own pieces:
+``sources.from_config``, ``run.make_preprocess`` and ``run.make_train_iterator`` (grain,
 ``config.data_threads`` threads, make_dataset's 256-example prefetch buffer: sslx-train's
 iterator, with no other prefetching), and the jitted step of benchmarks/common.py
 ``train_step``. Warm-up: two batches (clips: one epoch, timed as "cold"), compilation and 2
@@ -57,7 +57,7 @@ from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import pretexts, train
+from sslx import pretexts, process, run
 from sslx.data import pipeline, sources
 
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "rotation_convnet_cifar10.py", "opn_convnet_egogestar.py")
@@ -66,20 +66,11 @@ PREFETCH = 256  # make_dataset's prefetch_buffer_size, which sslx.train keeps.
 LOOP_WARMUP = 2
 
 
-def resolve_dataset(config):
-  """Experiment files name folders relative to the repository root, where sslx-train runs."""
-  if config.dataset.startswith("folder:"):
-    path = pathlib.Path(config.dataset[len("folder:"):]).expanduser()
-    if not path.is_absolute():
-      config.dataset = f"folder:{common.REPO / path}"
-  return config
-
-
 class Checked:
   """The pipeline's iterator, checking every batch it hands out against the config."""
 
   def __init__(self, iterator, config, num_examples: int):
-    self.iterator, self.key, self.num_examples = iterator, train.media_key(config), num_examples
+    self.iterator, self.key, self.num_examples = iterator, run.media_key(config), num_examples
     frames = (config.video.num_frames,) if self.key == "video" else ()
     self.shape = (config.batch_size,) + frames + (config.image_size, config.image_size, 3)
     self.delivered = 0
@@ -115,14 +106,14 @@ def trainer_loop(step_fn, state, data_iter, mesh, key: str, steps: int, add_metr
 
 def measure(config, source, *, steps: int, rounds: int, window: int) -> dict:
   """Rates in source examples per second and the loop's input wait share; see the module doc."""
-  key = train.media_key(config)
+  key = run.media_key(config)
   batch_size = config.batch_size
-  preprocess = train.make_preprocess(config, source, train=True)
+  preprocess = run.make_preprocess(config, source, train=True)
   num_examples = config.get("train_examples") or len(source)
   pretext = pretexts.get(config.pretext.name)
   step_fn, state, _, mesh = common.train_step(config)
-  data_iter = Checked(train.make_train_iterator(config, source, preprocess, pretext, state.pretext_state,
-                                                epoch=train.epoch_of(pretext, config, 1, num_examples)),
+  data_iter = Checked(run.make_train_iterator(config, source, preprocess, pretext, state.pretext_state,
+                                                epoch=run.epoch_of(pretext, config, 1, num_examples)),
                       config, num_examples)
 
   # Warm-up: for clips one epoch, which fills the frame cache (the cold rate); then compilation.
@@ -215,7 +206,6 @@ def main(argv=None) -> list[dict]:
   rows, skipped = [], []
   for name, batch_size in zip(names, batch_sizes):
     config, label = common.load_config(name, arg, batch_size)
-    config = resolve_dataset(config)
     print(f"measuring {label} (batch {config.batch_size})...", file=sys.stderr, flush=True)
     try:
       source = sources.from_config(config, config.train_split)
@@ -234,5 +224,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  train.request_deterministic_gpu_ops()  # As sslx-train does, before any computation.
+  process.request_deterministic_gpu_ops()  # As sslx-train does, before any computation.
   main()

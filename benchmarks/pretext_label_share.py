@@ -4,7 +4,7 @@
     python benchmarks/pretext_label_share.py --quick   # Each default config's :quick mode, batch 4, 2 repeats.
 
 The trainer makes pseudo-labels inside its jitted step, from a PRNG key folded with the step
-(sslx.train.make_train_step): uint8 media -> float in [0, 1] -> ``pretext.make_inputs`` ->
+(sslx.run.make_train_step): uint8 media -> float in [0, 1] -> ``pretext.make_inputs`` ->
 standardisation -> model, loss, gradient, optimizer. Does that cost a measurable part of a step?
 Per config (default: rotation, jigsaw and the shuffled-frame tasks OPN and Shuffle and Learn; VCOP's
 3D ConvNet costs seconds a step on a CPU, so it is opt-in: ``--configs vcop_r3d_egogestar.py``)
@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import pretexts, train
+from sslx import pretexts, process, run
 from sslx.data import pipeline, sources
 
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "jigsaw_convnet_cifar10.py", "opn_convnet_egogestar.py",
@@ -61,7 +61,7 @@ def real_clips(config, batch_size: int) -> dict:
   clip_config = config.copy_and_resolve_references()
   clip_config.video.sampling = "random"
   source = sources.get_source("sample_video", "train")
-  preprocess = train.make_preprocess(clip_config, source, train=True)
+  preprocess = run.make_preprocess(clip_config, source, train=True)
   rng = np.random.default_rng(0)
   clips = []
   for i in range(4 * (batch_size + len(source))):
@@ -77,7 +77,7 @@ def real_clips(config, batch_size: int) -> dict:
 
 
 def real_batch(config, batch_size: int) -> dict:
-  if train.media_key(config) == "video":
+  if run.media_key(config) == "video":
     return real_clips(config, batch_size)
   return common.real_batch(batch_size, config.image_size)
 
@@ -85,15 +85,15 @@ def real_batch(config, batch_size: int) -> dict:
 def label_fn(config, pretext):
   """Jitted (state, batch) -> (standardised inputs, targets): the first lines of the trainer's step."""
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
-  key = train.media_key(config)
+  key = run.media_key(config)
 
   @jax.jit
   def make(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     media = batch[key].astype(jnp.float32) / 255.0
     inputs, targets = pretext.make_inputs(rng, dict(batch, **{key: media}), config.pretext,
-                                          **train.pretext_state_kwargs(pretext, state.pretext_state))
-    return train.standardize_inputs(inputs, mean, std), targets
+                                          state=state.pretext_state if pretext.stateful else None)
+    return run.standardize_inputs(inputs, mean, std), targets
 
   return make
 
@@ -115,12 +115,14 @@ def _unwrap(inputs):
 class InputsGiven:
   """A pretext whose make_inputs returns ``batch["given_inputs"]`` and ``batch["given_targets"]``."""
 
+  stateful = False
+
   def __init__(self, pretext):
     self.loss = pretext.loss
 
   @staticmethod
-  def make_inputs(rng, batch, cfg):
-    del rng, cfg
+  def make_inputs(rng, batch, cfg, *, state=None):
+    del rng, cfg, state
     return _wrap(batch["given_inputs"]), batch["given_targets"]
 
 
@@ -136,17 +138,16 @@ class UnwrapInputs:
 
 def measure(config, *, repeats: int, warmup: int = 1) -> dict:
   """Median times (ms) of (a) the step, (b) its pseudo-labels alone, (c) the step with them given."""
-  if train.is_stateful(pretexts.get(config.pretext.name)):
+  if pretexts.get(config.pretext.name).stateful:
     raise SystemExit(f"{config.pretext.name} is stateful: its labels depend on a refreshed state, "
                      f"which this benchmark does not build")
   step_a, state, state_sharding, mesh = common.train_step(config)
-  pretext, model = train.build_model(config)
-  if hasattr(pretext, "validate"):
-    pretext.validate(config)
-  tx, schedule = train.make_optimizer(config.optimizer, config.total_steps)
+  pretext, model = run.build_model(config)
+  pretext.validate(config)
+  tx, schedule = run.make_optimizer(config.optimizer, config.total_steps)
   data = pipeline.data_sharding(mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_c = jax.jit(train.make_train_step(config, UnwrapInputs(model), InputsGiven(pretext), tx, schedule),
+  step_c = jax.jit(run.make_train_step(config, UnwrapInputs(model), InputsGiven(pretext), tx, schedule),
                    in_shardings=(state_sharding, data), out_shardings=(state_sharding, replicated),
                    donate_argnums=(0,))
   labels = label_fn(config, pretext)
@@ -248,5 +249,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  train.request_deterministic_gpu_ops()  # As sslx-train does, before any computation.
+  process.request_deterministic_gpu_ops()  # As sslx-train does, before any computation.
   main()

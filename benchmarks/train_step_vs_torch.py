@@ -9,8 +9,8 @@ image (RotNet), the same backbone (sslx's NIN-style ConvNet of rotation_convnet_
 ResNet-18 with the CIFAR stem of rotation_resnet18_cifar10.py) and linear head, softmax
 cross-entropy, SGD with Nesterov momentum 0.9 and weight decay 5e-4 on kernels only, a constant
 learning rate. sslx runs with each of its convolution kernel choices (model.conv_kernels: auto,
-i.e. oneDNN where available, taps, xla; sslx/models/conv.py), PyTorch in NCHW and in
-channels-last. Steps are alternated (sslx, sslx taps, sslx xla, torch, torch channels-last,
+i.e. oneDNN where it builds, at start-up as in sslx-train; taps, xla; sslx/models/conv.py),
+PyTorch in NCHW and in channels-last. Steps are alternated (sslx, sslx taps, sslx xla, torch, torch channels-last,
 sslx, ...) after one warm-up step each, so machine noise hits all alike;
 medians are reported as source images per second (a step sees 4x as many inputs).
 The ratio is also taken per round (the faster PyTorch layout's time over sslx's in that round),

@@ -1,6 +1,6 @@
 """Host video throughput on real clips: decoding, motion scoring and the cache, side by side.
 
-    python benchmarks/video_decode.py [--data ../shared/data/egogestar] [--clips 40]
+    python benchmarks/video_decode.py [--data DIR] [--clips 40]  # Default: egogestar in common.DATA_DIR.
 
 Measures, in one run over the same clips (clips/s, one thread):
 - full decode: every frame decoded, resampled to --fps, resized (what fills the cache);
@@ -14,10 +14,14 @@ the ``images_per_sec`` (clips/s) that sslx-train logs for a video config.
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
+import common  # noqa: E402
 from sslx.data import video
 
 
@@ -30,7 +34,7 @@ def rate(fn, items) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data", default="../shared/data/egogestar")
+  parser.add_argument("--data", default=str(common.DATA_DIR / "egogestar"))
   parser.add_argument("--clips", type=int, default=40)
   parser.add_argument("--fps", type=float, default=10.0)
   parser.add_argument("--resize_size", type=int, default=72)

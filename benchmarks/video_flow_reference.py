@@ -11,16 +11,20 @@ longer one (300 epochs, 1e-2), since a dozen dims may need more steps. It shows 
 headroom a learned representation has there: if this scores above chance, the
 probe can see motion information when features carry it.
 
-  python benchmarks/video_flow_reference.py [--dataset folder:../shared/data/egogestar]
+  python benchmarks/video_flow_reference.py [--dataset folder:egogestar]  # In common.DATA_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
+import common  # noqa: E402  (sets the data directory, common.DATA_DIR)
 from sslx.data import sources, video
 from sslx.evaluate import linear, retrieval
 
@@ -61,7 +65,8 @@ def flows_of(source, *, fps: float):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", default="folder:../shared/data/egogestar")
+  parser.add_argument("--dataset", default="folder:egogestar",
+                      help=f"A dataset spec; folder:NAME is read from {common.DATA_DIR}.")
   parser.add_argument("--fps", type=float, default=10.0)
   parser.add_argument("--segments", type=int, nargs="+", default=[1, 4, 8])
   args = parser.parse_args()

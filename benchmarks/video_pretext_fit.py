@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from sslx import configs, train
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
+import common  # noqa: E402  (sets the data directory, common.DATA_DIR)
+from sslx import configs, run
 from sslx.data import pipeline, sources
 
 
@@ -42,15 +46,15 @@ def load_config(path: str, overrides: list[str], *, quick: bool = False):
 def fit(config, *, pseudo_labels: str, steps: int, learning_rate: float, report=None) -> list[dict]:
   """AdamW steps on one batch of ``config``'s training clips: each step's loss (and accuracy)."""
   source = sources.from_config(config, "train")
-  preprocess = train.make_preprocess(config, source, train=True)
+  preprocess = run.make_preprocess(config, source, train=True)
   batch = next(iter(pipeline.make_dataset(source, preprocess, batch_size=config.batch_size, seed=0,
                                           train=True, num_threads=config.data_threads)))
-  key = train.media_key(config)
+  key = run.media_key(config)
   media = {key: jnp.asarray(batch[key], jnp.float32) / 255.0, "index": jnp.asarray(batch["index"])}
-  pretext, model = train.build_model(config)
+  pretext, model = run.build_model(config)
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
   make_inputs = jax.jit(lambda rng: pretext.make_inputs(rng, media, config.pretext))
-  standardize = lambda inputs: train.standardize_inputs(inputs, mean, std)  # noqa: E731
+  standardize = lambda inputs: run.standardize_inputs(inputs, mean, std)  # noqa: E731
   fixed_inputs, fixed_targets = make_inputs(jax.random.PRNGKey(0))
   variables = jax.jit(lambda rng: model.init(rng, standardize(fixed_inputs), train=False))(jax.random.PRNGKey(0))
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -82,7 +86,8 @@ def fit(config, *, pseudo_labels: str, steps: int, learning_rate: float, report=
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", required=True)
+  parser.add_argument("--config", required=True,
+                      help=f"An experiment file; a folder:NAME dataset is read from {common.DATA_DIR}.")
   parser.add_argument("--quick", action="store_true", help="the config's quick mode (embedded sample)")
   parser.add_argument("--pseudo_labels", choices=("fixed", "fresh"), default="fixed")
   parser.add_argument("--steps", type=int, default=60)

@@ -14,7 +14,7 @@ from sslx.pretexts.image import jigsaw
 def get_config(arg=None):
   c = configs.base()
   c.pretext = jigsaw.default_config()  # 3x3, 100 permutations, max-min Hamming.
-  c.dataset = "folder:../shared/data/cifar10"
+  c.dataset = "folder:cifar10"
   c.image_size = 64
   c.resize_size = 64  # Upsample 32 -> 64 on the host, before any crop.
   c.crop_padding = 8

@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.pretext.tasks.rotation = multitask.task("image.rotation", weight=1.0)
   c.pretext.tasks.jigsaw = multitask.task("image.jigsaw", weight=1.0, grid=2, num_permutations=24)
   c.pretext.tasks.transformation = multitask.task("image.relative_transformation", weight=1.0)
-  c.dataset = "folder:../shared/data/cifar10"
+  c.dataset = "folder:cifar10"
   c.batch_size = 32  # Rotation x4, jigsaw x4 tiles, transformation x2 views.
   c.total_steps = 2600
   c.optimizer.warmup_steps = 100

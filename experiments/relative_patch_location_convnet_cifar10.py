@@ -15,7 +15,7 @@ from sslx.pretexts.image import relative_patch_location
 def get_config(arg=None):
   c = configs.base()
   c.pretext = relative_patch_location.default_config()
-  c.dataset = "folder:../shared/data/cifar10"
+  c.dataset = "folder:cifar10"
   c.image_size = 64
   c.resize_size = 64
   c.crop_padding = 8

@@ -12,7 +12,7 @@ from sslx.pretexts.image import relative_transformation
 def get_config(arg=None):
   c = configs.base()
   c.pretext = relative_transformation.default_config()
-  c.dataset = "folder:../shared/data/cifar10"
+  c.dataset = "folder:cifar10"
   c.batch_size = 128  # x2 views = 256 encoder inputs per step.
   c.total_steps = 3000
   c.optimizer.warmup_steps = 100

@@ -12,7 +12,7 @@ from sslx.pretexts.image import rotation
 def get_config(arg=None):
   c = configs.base()
   c.pretext = rotation.default_config()
-  c.dataset = "folder:../shared/data/cifar10"
+  c.dataset = "folder:cifar10"
   c.model = configs.ml_collections.ConfigDict(
       {"name": "resnet", "depth": 18, "stem": "cifar", "width": 1.0, "dtype": "float32",
        "conv_kernels": "auto"})

@@ -23,7 +23,7 @@ from sslx.pretexts.image import simclr
 def get_config(arg=None):
   c = configs.base()
   c.pretext = simclr.default_config()  # CIFAR-10 defaults: strength 0.5, no blur, temperature 0.5.
-  c.dataset = "folder:../shared/data/cifar10"
+  c.dataset = "folder:cifar10"
   # The pretext crops, resizes and flips each view itself; the host's pad-and-crop and flip
   # would only shift both views alike.
   c.crop_padding = 0

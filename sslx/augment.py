@@ -277,6 +277,13 @@ def random_orders(rng, batch: int, n: int):
   return jnp.argsort(jax.random.uniform(rng, (batch, n)), axis=1)
 
 
+def unshuffle(shown, order):
+  """Undoes a per-example shuffle along axis 1: ``shown (B, n, ...)`` with ``shown[:, i]`` the
+  item ``order[:, i]`` of the original (jigsaw tiles, shuffled frames or clips) -> original order."""
+  inverse = jnp.argsort(order, axis=1)
+  return jnp.take_along_axis(shown, inverse.reshape(inverse.shape + (1,) * (shown.ndim - 2)), axis=1)
+
+
 def apply_in_order(images, ops, order):
   """Applies the functions ``ops`` (each maps the whole batch) to ``images (B, ...)`` in a
   per-example order ``(B, len(ops))``. Every op runs at every position and the wanted result is

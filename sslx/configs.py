@@ -27,9 +27,11 @@ def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.Conf
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # Data: 'sample', 'folder:PATH' or 'tfds:NAME' (see sslx/data/sources.py).
+  # Data: 'sample', 'folder:NAME' or 'tfds:NAME' (see sslx/data/sources.py).
   c.dataset = "sample"
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
+  # Where folder:NAME datasets are (and TFDS's data_dir); None: $SSLX_DATA_DIR, else ./data.
+  c.data_dir = ml_collections.config_dict.placeholder(str)
+  c.test_every = 4  # Image folders without split folders: every 4th image per class is test.
   c.train_split = "train"
   c.train_examples = ml_collections.config_dict.placeholder(int)  # First n examples only (None: all).
   c.image_size = 32
@@ -45,6 +47,11 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"name": "convnet", "widths": (32, 64, 128),
                                        "kernel_sizes": (3, 3, 3), "dtype": "float32",
                                        "conv_kernels": "auto"})
+
+  # Start from another run's backbone (sslx-finetune sets it): that workdir and its step (None:
+  # the latest). Only on a fresh start; a resumed run restores its own checkpoint.
+  c.init_from = ml_collections.config_dict.placeholder(str)
+  c.init_step = ml_collections.config_dict.placeholder(int)
 
   c.batch_size = 128  # Global, in source images (before the pretext multiplies them).
   c.total_steps = 1000
@@ -90,7 +97,8 @@ def base_video() -> ml_collections.ConfigDict:
   frame is ever repeated) and one at which its 1-9 s gestures span 11-94 frames.
   """
   c = base()
-  c.dataset = "folder:../shared/data/egogestar"
+  c.dataset = "folder:egogestar"  # In the data directory (sslx/data/sources.py).
+  del c["test_every"]  # Clip folders split by video.test_every.
   c.video = ml_collections.ConfigDict({
       "fps": 10.0,
       "num_frames": 8,  # Frames delivered per clip (the pretext says how many it needs).

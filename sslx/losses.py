@@ -54,6 +54,13 @@ def accuracy(*, logits, labels, reduction=True, weights=None):
   return _reduce(correct, reduction=reduction, weights=weights)
 
 
+def classification(*, logits, labels, reduction=True, weights=None):
+  """A classifier's loss and metrics in one call, as the classification pretexts report them:
+  ``(softmax_xent, {"accuracy": accuracy})``, both reduced (or per example) the same way."""
+  return softmax_xent(logits=logits, labels=labels, reduction=reduction, weights=weights), {
+      "accuracy": accuracy(logits=logits, labels=labels, reduction=reduction, weights=weights)}
+
+
 def triplet_semihard(*, embeddings, labels, margin=0.5, reduction=True, weights=None):
   """Triplet loss with semi-hard negatives (Schroff et al., FaceNet, CVPR 2015).
 

@@ -6,6 +6,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# The data directory of folder:NAME datasets (sslx/data/sources.py): the data beside the
+# repository unless SSLX_DATA_DIR names another; processes that tests start inherit it. Tests
+# that read more than the embedded samples are marked ``requires_data``.
+DATA_DIR = Path(os.environ.setdefault("SSLX_DATA_DIR",
+                                      str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+
 # One persistent XLA compilation cache for the test session, set before jax is imported and
 # inherited by the sslx-train and worker processes tests start: a tiny step compiled once is
 # loaded by every later process that builds the same program (the resume, interruption and
@@ -20,14 +26,20 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from sslx import train  # noqa: E402
+from sslx import process, train
 from sslx.data import image_ops, sources  # noqa: E402
 
 # As sslx-train does, before any computation: deterministic GPU kernels, so the
 # exact-resume tests hold on a GPU too.
-train.request_deterministic_gpu_ops()
+process.request_deterministic_gpu_ops()
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def requires_data(*names):
+  """Skips a test when a folder it reads is missing from the data directory (a clone without it)."""
+  missing = [DATA_DIR / name for name in names if not (DATA_DIR / name).is_dir()]
+  return pytest.mark.skipif(bool(missing), reason=f"needs {missing[0] if missing else ''} (set SSLX_DATA_DIR)")
 
 
 @pytest.fixture(scope="session")

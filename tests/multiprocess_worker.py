@@ -22,12 +22,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sslx import train  # noqa: E402
+from sslx import process, train
 from sslx.data import pipeline  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 if num_processes > 1:
-  train.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id,
+  process.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id,
                                heartbeat_timeout_seconds=10)
 assert jax.process_count() == num_processes and jax.device_count() == 8
 

@@ -131,6 +131,16 @@ def test_apply_in_order_follows_each_examples_order_and_orders_are_uniform_permu
   assert len(counts) == 24 and counts.min() > 60  # 100 expected for each of the 24.
 
 
+def test_unshuffle_inverts_a_per_example_shuffle_along_axis_1():
+  original = jax.random.uniform(jax.random.PRNGKey(2), (3, 5, 2, 2, 3))
+  order = augment.random_orders(jax.random.PRNGKey(3), 3, 5)
+  shown = jnp.take_along_axis(original, order[:, :, None, None, None], axis=1)
+  np.testing.assert_array_equal(jax.jit(augment.unshuffle)(shown, order), original)
+  # Any trailing shape, including none: (B, n) items.
+  np.testing.assert_array_equal(augment.unshuffle(jnp.array([[10, 20, 30]]), jnp.array([[2, 0, 1]])),
+                                [[20, 30, 10]])
+
+
 def test_colour_jitter_ranges_probability_and_identity():
   # Values in [0.2, 0.5]: brightness factors up to 1.8 never clip.
   x = jax.random.uniform(jax.random.PRNGKey(8), (400, 6, 6, 3), minval=0.2, maxval=0.5)

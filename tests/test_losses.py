@@ -62,6 +62,24 @@ def test_weights_mask_padding():
       losses.softmax_xent(logits=logits, labels=labels, weights=jnp.array([1.0, 1.0, 0.0])), full, rtol=1e-6)
 
 
+def test_classification_is_softmax_xent_and_accuracy():
+  logits = jnp.array([[5.0, 0.0], [0.0, 5.0], [9.0, -9.0]])
+  labels = jnp.array([0, 1, 1])
+  value, metrics = losses.classification(logits=logits, labels=labels)
+  assert set(metrics) == {"accuracy"}
+  np.testing.assert_array_equal(value, losses.softmax_xent(logits=logits, labels=labels))
+  assert float(metrics["accuracy"]) == pytest.approx(2 / 3)
+  weights = jnp.array([1.0, 1.0, 0.0])
+  value, metrics = losses.classification(logits=logits, labels=labels, weights=weights)
+  np.testing.assert_array_equal(value, losses.softmax_xent(logits=logits, labels=labels, weights=weights))
+  assert float(metrics["accuracy"]) == 1.0
+  per_example, metrics = losses.classification(logits=logits, labels=labels, reduction=False)
+  np.testing.assert_array_equal(per_example, losses.softmax_xent(logits=logits, labels=labels, reduction=False))
+  np.testing.assert_array_equal(metrics["accuracy"], [1.0, 1.0, 0.0])
+  with pytest.raises(TypeError):
+    losses.classification(logits, labels)  # noqa
+
+
 def _decreases(loss_of_params, params, steps=20, lr=0.1):
   tx = optax.sgd(lr)
   opt_state = tx.init(params)
@@ -240,7 +258,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, sys.argv[1])
-from sslx import losses, train
+from sslx import losses, run
 assert jax.device_count() == 8
 rng = np.random.default_rng(0)
 a, b = (rng.normal(size=(32, 16)).astype(np.float32) for _ in range(2))
@@ -248,7 +266,7 @@ loss = lambda x, y: losses.nt_xent(embeddings_a=x, embeddings_b=y, temperature=0
 value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 one = jax.devices()[0]
 single, single_grads = value_and_grad(jax.device_put(a, one), jax.device_put(b, one))
-sharding = NamedSharding(train.make_mesh(), PartitionSpec("data"))
+sharding = NamedSharding(run.make_mesh(), PartitionSpec("data"))
 xa, xb = jax.device_put(a, sharding), jax.device_put(b, sharding)
 sharded, sharded_grads = value_and_grad(xa, xb)
 grad_diff = max(float(np.abs(np.asarray(g) - np.asarray(h)).max())

@@ -9,16 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from sslx import train
-from sslx.evaluate import common
+from sslx import checkpoints, process, run, train
 from tests.conftest import REPO, tiny_config, train_until_killed
+from tests.trees import assert_trees_close
 
 EXPERIMENTS = sorted(p.name for p in (REPO / "experiments").glob("*.py"))
 
 
 def _params_close(a, b, atol=0.0):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+  assert_trees_close(a, b, atol=atol)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -59,18 +58,18 @@ def test_logged_metrics_are_means_over_the_logging_interval(tmp_path):
 
 def test_checkpoint_round_trip(trained_workdir):
   workdir, state, _ = trained_workdir
-  run = common.load_run(workdir)
-  assert run.step == 2 and run.meta["sslx_version"]
-  _params_close(run.variables["params"], state.params["backbone"])
-  _params_close(run.variables["batch_stats"], state.batch_stats["backbone"])
+  loaded = checkpoints.load_run(workdir)
+  assert loaded.step == 2 and loaded.meta["sslx_version"]
+  _params_close(loaded.variables["params"], state.params["backbone"])
+  _params_close(loaded.variables["batch_stats"], state.batch_stats["backbone"])
 
 
 def test_unfinished_checkpoint_is_never_latest(trained_workdir):
   workdir, _, _ = trained_workdir
   # What a crash in the middle of writing step 9 leaves behind.
   (Path(workdir) / "checkpoints" / "9.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
-  assert train.checkpoint_manager(workdir).latest_step() == 2
-  assert common.load_run(workdir).step == 2
+  assert checkpoints.manager(workdir).latest_step() == 2
+  assert checkpoints.load_run(workdir).step == 2
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
@@ -80,7 +79,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
 
   # Crash while assembling the 4th batch: the checkpoint of step 2 is the last good one.
   train_until_killed(config, str(tmp_path / "resumed"), monkeypatch, kill_at_batch=4)
-  assert train.checkpoint_manager(str(tmp_path / "resumed")).latest_step() == 2
+  assert checkpoints.manager(str(tmp_path / "resumed")).latest_step() == 2
 
   resumed, _ = train.train(config, str(tmp_path / "resumed"))
   assert int(resumed.step) == 5
@@ -111,11 +110,11 @@ def test_bad_config_values_fail_clearly(tmp_path):
 def test_schedules():
   config = tiny_config().optimizer
   config.learning_rate, config.warmup_steps = 1.0, 10
-  cosine = train.make_schedule(config, 100)
+  cosine = run.make_schedule(config, 100)
   assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(1.0)
   assert float(cosine(100)) == pytest.approx(0.0, abs=1e-6)
   config.schedule = "step"
-  step = train.make_schedule(config, 100)
+  step = run.make_schedule(config, 100)
   assert float(step(10)) == pytest.approx(1.0)
   assert float(step(45)) == pytest.approx(0.2) and float(step(95)) == pytest.approx(0.2**3)
 
@@ -126,7 +125,7 @@ SHARDED_CHECK = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
     from tests.conftest import tiny_config
-    from sslx import train
+    from sslx import run, train
     assert jax.device_count() == 8
     config = tiny_config()
     config.total_steps = 1
@@ -136,8 +135,9 @@ SHARDED_CHECK = textwrap.dedent("""
     config.optimizer.learning_rate = 0.01
     out = {}
     for n in (1, 8):
-      state, _ = train.train(config, os.path.join(sys.argv[2], str(n)), mesh=train.make_mesh(jax.devices()[:n]))
+      state, _ = train.train(config, os.path.join(sys.argv[2], str(n)), mesh=run.make_mesh(jax.devices()[:n]))
       out[n] = jax.device_get((state.params, state.batch_stats))
+    assert jax.tree.structure(out[1]) == jax.tree.structure(out[8])
     leaves = zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[8]))
     diff = max(float(np.max(np.abs(a - b))) for a, b in leaves)
     config.batch_size = 12
@@ -164,10 +164,10 @@ def test_eight_fake_devices_match_one_device(tmp_path):
 
 def test_deterministic_gpu_ops_requested_once_and_user_choice_kept(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-  train.request_deterministic_gpu_ops()
-  train.request_deterministic_gpu_ops()
+  process.request_deterministic_gpu_ops()
+  process.request_deterministic_gpu_ops()
   assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
                                              "--xla_gpu_deterministic_ops=true"]
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")  # The user's own setting wins.
-  train.request_deterministic_gpu_ops()
+  process.request_deterministic_gpu_ops()
   assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"

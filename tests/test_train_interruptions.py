@@ -10,11 +10,10 @@ import sys
 import time
 
 import jax
-import numpy as np
 import pytest
 
-from sslx import train
-from sslx.evaluate import common
+from sslx import checkpoints
+from tests.trees import assert_trees_close
 from tests.conftest import REPO
 
 TOTAL_STEPS = 16
@@ -45,16 +44,13 @@ def _wait_for_checkpoint(workdir, step, proc):
 
 
 def _final_state(workdir):
-  run = common.load_run(str(workdir))
-  assert run.step == TOTAL_STEPS
-  return jax.device_get(run.state)
+  loaded = checkpoints.load_run(str(workdir))
+  assert loaded.step == TOTAL_STEPS
+  return jax.device_get(loaded.state)
 
 
 def _assert_bitwise_equal(a, b):
-  leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for (path, x), y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  assert_trees_close(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +71,7 @@ def test_kill_9_at_random_steps_then_resume_is_bitwise_equal(tmp_path, uninterru
     proc.send_signal(signal.SIGKILL)
     output = proc.communicate()[0]
     assert proc.returncode == -signal.SIGKILL
-    latest = train.checkpoint_manager(str(tmp_path)).latest_step()
+    latest = checkpoints.manager(str(tmp_path)).latest_step()
     assert checkpoint <= latest < TOTAL_STEPS  # A complete checkpoint, never a half-written one.
     if resumed_from:
       assert f"Resumed from the checkpoint at step {resumed_from[-1]}" in output
@@ -94,7 +90,7 @@ def test_sigterm_checkpoints_within_the_grace_period_then_resume_is_bitwise_equa
   elapsed = time.monotonic() - noticed
   assert proc.returncode == 143, output[-3000:]
   assert elapsed < 30
-  latest = train.checkpoint_manager(str(tmp_path)).latest_step()
+  latest = checkpoints.manager(str(tmp_path)).latest_step()
   # The step reached when the notice came is saved, though it is not a multiple of checkpoint_every.
   assert f"preempted: the checkpoint of step {latest} in {tmp_path} is complete" in output
   assert 4 <= latest < TOTAL_STEPS
@@ -111,7 +107,7 @@ def test_grace_period_expiry_exits_and_keeps_the_last_complete_checkpoint(tmp_pa
   output = proc.communicate(timeout=60)[0]
   assert proc.returncode == 143
   assert "did not finish within config.preemption_grace_seconds=0" in output, output[-3000:]
-  latest = train.checkpoint_manager(str(tmp_path)).latest_step()
+  latest = checkpoints.manager(str(tmp_path)).latest_step()
   assert 4 <= latest < TOTAL_STEPS
   _finish(tmp_path)
   _assert_bitwise_equal(_final_state(tmp_path), uninterrupted)
@@ -138,7 +134,7 @@ def test_kill_9_in_the_middle_of_writing_a_checkpoint_leaves_the_previous_one_la
       break
   assert left, "no kill landed during a checkpoint write in 3 attempts"
   unfinished_step = int(left[0].split(".")[0])
-  latest = train.checkpoint_manager(str(tmp_path)).latest_step()
+  latest = checkpoints.manager(str(tmp_path)).latest_step()
   assert latest < unfinished_step  # The half-written one is never the latest...
   _finish(tmp_path)  # ...and the rerun resumes from the previous complete one.
   _assert_bitwise_equal(_final_state(tmp_path), uninterrupted)

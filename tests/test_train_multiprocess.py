@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from sslx import checkpoints, process
 from tests.conftest import REPO
 
 WORKER = REPO / "tests" / "multiprocess_worker.py"
@@ -148,7 +149,6 @@ def test_when_a_process_dies_the_other_exits_with_a_clear_error_in_bounded_time(
 
 
 def test_sigterm_to_one_process_checkpoints_the_same_step_on_all_and_exits(tmp_path):
-  from sslx import train
   port = _free_port()
   procs = [_cli(tmp_path, i, port, "--config.preemption_grace_seconds=30", from_environment=True)
            for i in range(2)]
@@ -167,7 +167,7 @@ def test_sigterm_to_one_process_checkpoints_the_same_step_on_all_and_exits(tmp_p
         p.kill()
   assert [p.returncode for p in procs] == [143, 143], [o[-2000:] for o in outputs]
   assert elapsed < 30
-  latest = train.checkpoint_manager(str(tmp_path)).latest_step()
+  latest = checkpoints.manager(str(tmp_path)).latest_step()
   assert latest > 3
   for output in outputs:
     assert f"preempted: the checkpoint of step {latest} in {tmp_path} is complete" in output
@@ -176,10 +176,9 @@ def test_sigterm_to_one_process_checkpoints_the_same_step_on_all_and_exits(tmp_p
 
 
 def test_distributed_settings_come_from_flags_else_the_environment():
-  from sslx import train
   env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
-  assert train.distributed_settings(None, None, None, env) == ("h0:1234", 4, 2)
-  assert train.distributed_settings("h1:99", 2, 0, env) == ("h1:99", 2, 0)
-  assert train.distributed_settings(None, None, None, {}) == (None, None, None)  # JAX detects the cluster.
+  assert process.distributed_settings(None, None, None, env) == ("h0:1234", 4, 2)
+  assert process.distributed_settings("h1:99", 2, 0, env) == ("h1:99", 2, 0)
+  assert process.distributed_settings(None, None, None, {}) == (None, None, None)  # JAX detects the cluster.
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='four'.*not integers"):
-    train.distributed_settings(None, None, None, dict(env, JAX_NUM_PROCESSES="four"))
+    process.distributed_settings(None, None, None, dict(env, JAX_NUM_PROCESSES="four"))

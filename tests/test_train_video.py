@@ -1,16 +1,14 @@
 """The trainer on video clips: exact resume, and clear errors for mismatched data."""
 
-import jax
-import numpy as np
 import pytest
 
-from sslx import configs, train
+from sslx import checkpoints, configs, run, train
 from tests.conftest import tiny_config, tiny_video_config, train_until_killed
+from tests.trees import assert_trees_close
 
 
 def _close(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_close(a, b)
 
 
 def test_video_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
@@ -20,7 +18,7 @@ def test_video_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monke
   assert metrics["skipped_clips_short"] == 0 and metrics["skipped_clips_unreadable"] == 0
 
   train_until_killed(config, str(tmp_path / "resumed"), monkeypatch, kill_at_batch=3)
-  assert train.checkpoint_manager(str(tmp_path / "resumed")).latest_step() == 2
+  assert checkpoints.manager(str(tmp_path / "resumed")).latest_step() == 2
   resumed, _ = train.train(config, str(tmp_path / "resumed"))
   assert int(resumed.step) == 4
   _close(resumed.params, straight.params)
@@ -48,4 +46,4 @@ def test_no_clip_long_enough_fails_before_compiling(tmp_path):
 def test_base_video_defaults_are_consistent():
   c = configs.base_video()
   assert c.resize_size >= c.image_size and c.video.fps > 0 and c.evaluate.num_clips >= 1
-  assert train.media_key(c) == "video" and train.media_key(configs.base()) == "image"
+  assert run.media_key(c) == "video" and run.media_key(configs.base()) == "image"

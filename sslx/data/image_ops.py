@@ -22,21 +22,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def decode(image) -> np.ndarray | None:
   """Encoded bytes or an array -> HxWx3 uint8 RGB; None when unreadable."""
+  return decode_or_reason(image)[0]
+
+
+def decode_or_reason(image) -> tuple[np.ndarray | None, str]:
+  """(HxWx3 uint8 RGB, "") or (None, why it is unreadable), for the pipeline's warnings."""
   if image is None:
-    return None
+    return None, "the file cannot be read"
   if isinstance(image, np.ndarray):
     array = image
   else:
+    if not len(image):
+      return None, "the file is empty"
     try:
       with Image.open(io.BytesIO(image)) as img:
-        return np.asarray(img.convert("RGB"))  # Greyscale, palette, RGBA -> RGB.
-    except (OSError, ValueError, Image.DecompressionBombError):
-      return None
+        return np.asarray(img.convert("RGB")), ""  # Greyscale, palette, RGBA -> RGB.
+    except Image.UnidentifiedImageError:
+      return None, "Pillow does not recognise it as an image"
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      return None, f"Pillow cannot decode it ({type(e).__name__}: {e})"
   if array.ndim == 2:
     array = array[..., None]
   if array.shape[-1] == 1:
     array = np.repeat(array, 3, axis=-1)
-  return array.astype(np.uint8)
+  return array.astype(np.uint8), ""
 
 
 def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:

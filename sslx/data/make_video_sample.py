@@ -1,6 +1,6 @@
-"""Builds sslx/data/sample_video from ../shared/data/egogestar (run once, output committed).
+"""Builds sslx/data/sample_video from the egogestar clips (run once, output committed).
 
-    python -m sslx.data.make_video_sample --source ../shared/data/egogestar
+    python -m sslx.data.make_video_sample [--source DIR]  # Default: egogestar in the data directory.
 
 Per class, the split rule of ``VideoFolderSource`` (sorted clips, every 4th is
 test) picks the clips; the first 2 train and the first test clip of each class
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslx.data import video
+from sslx.data import sources, video
 
 
 def reencode(src: str, dst: Path, shorter_side: int):
@@ -46,7 +46,8 @@ def reencode(src: str, dst: Path, shorter_side: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--source", default="../shared/data/egogestar")
+  parser.add_argument("--source", default=str(sources.folder_path("egogestar")),
+                      help="The egogestar clips, <class>/<clip>.mp4 (default: in $SSLX_DATA_DIR or ./data).")
   parser.add_argument("--out", default=str(video.SAMPLE_VIDEO_DIR))
   parser.add_argument("--train_per_class", type=int, default=2)
   parser.add_argument("--test_per_class", type=int, default=1)

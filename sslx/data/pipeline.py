@@ -14,7 +14,12 @@ Evaluation passes read the disjoint ordered shards ``source[p::P]``.
 
 Unreadable images are dropped after decoding and counted in
 ``Preprocess.skipped`` (events) and ``Preprocess.skipped_files`` (distinct
-files); the run goes on with the next readable example.
+files); the run goes on with the next readable example. Images whose shorter
+side is below the crop (``image_size``) are upscaled to ``resize_size`` and
+counted in ``Preprocess.upscaled_files`` (distinct files). The first
+``Preprocess.LOG_FIRST`` files of each kind are logged with their path and why
+(upscaling as a warning only when the config did not ask for it with an explicit
+``resize_size``), so that a bad file can be found; later ones are only counted.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import threading
 import grain
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sslx.data import image_ops
@@ -32,24 +38,53 @@ from sslx.data import image_ops
 class Preprocess:
   """Decode -> resize shorter side -> crop (random + pad when training) -> flip."""
 
+  LOG_FIRST = 5  # Files named in a log line, per kind (skipped, upscaled); later ones are only counted.
+
   def __init__(self, *, image_size: int, resize_size: int | None = None, crop_padding: int = 0,
                flip: bool = False, train: bool = True):
+    if resize_size is not None and resize_size < image_size:
+      raise ValueError(f"resize_size {resize_size} is smaller than image_size {image_size}, so no crop "
+                       f"fits: set resize_size >= image_size, or leave it unset")
     self.image_size = image_size
     self.resize_size = resize_size or image_size
+    # Upscaling that a config asked for (resize_size above its images' size, e.g. CIFAR to 64 px
+    # for jigsaw) is logged at INFO; only unasked-for upscaling is a warning.
+    self._upscale_level = logging.INFO if resize_size is not None else logging.WARNING
     self.crop_padding = crop_padding
     self.flip = flip
     self.train = train
     self.skipped = 0
     self.skipped_files: set[int] = set()  # Source indices found unreadable (each counted once).
+    self.upscaled_files: set[int] = set()  # Source indices smaller than the crop, upscaled.
     self._lock = threading.Lock()  # grain calls us from several reader threads.
 
+  def _name(self, record) -> str:
+    return str(record.get("path") or f"example {int(record.get('index', -1))}")
+
   def __call__(self, record, rng: np.random.Generator | None = None):
-    image = image_ops.decode(record["image"])
+    image, reason = image_ops.decode_or_reason(record["image"])
+    index = int(record.get("index", -1))
     if image is None:
       with self._lock:
         self.skipped += 1
-        self.skipped_files.add(int(record.get("index", -1)))
+        new = index not in self.skipped_files
+        self.skipped_files.add(index)
+        count = len(self.skipped_files)
+      if new and count <= self.LOG_FIRST:
+        logging.warning("Skipping unreadable image %s: %s.%s", self._name(record),
+                        record.get("error") or reason,
+                        " Further unreadable images are only counted." if count == self.LOG_FIRST else "")
       return None
+    height, width = image.shape[:2]
+    if min(height, width) < self.image_size:
+      with self._lock:
+        new = index not in self.upscaled_files
+        self.upscaled_files.add(index)
+        count = len(self.upscaled_files)
+      if new and count <= self.LOG_FIRST:
+        logging.log(self._upscale_level, "Image %s is %dx%d, smaller than the %d px crop: upscaled to %d px "
+                    "on its shorter side.%s", self._name(record), height, width, self.image_size,
+                    self.resize_size, " Further ones are only counted." if count == self.LOG_FIRST else "")
     image = image_ops.resize_shorter_side(image, self.resize_size)
     if self.train:
       image = image_ops.random_crop(image, self.image_size, rng, padding=self.crop_padding)

@@ -22,7 +22,9 @@ Shuffles and pseudo-labels are made on the device by the pretext.
   decoded many times per run it turns decoding from the bottleneck into a
   memory copy (``benchmarks/video_decode.py`` measures it).
 - Clips that cannot be decoded, or are shorter than the window, are skipped and
-  counted (``VideoPreprocess.skipped_unreadable`` / ``skipped_short``).
+  counted (``VideoPreprocess.skipped_unreadable`` / ``skipped_short``); the first
+  ``LOG_FIRST`` of them are logged with their path and why, so that a bad file
+  can be found, the rest only counted.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 
-from sslx.data import sources
+from sslx.data import base
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mpg", ".mpeg", ".mkv", ".mov", ".m4v")
 SAMPLE_VIDEO_DIR = Path(__file__).resolve().parent / "sample_video"
@@ -61,9 +64,9 @@ class VideoFolderSource:
 
   Class ids are the sorted class folder names; clips directly in the split (or
   root) folder are unlabeled (label -1). Without split folders the split is
-  deterministic and stratified: in each class, clips in sorted file-name order,
-  every ``test_every``-th clip (the 4th, 8th, ...) is "test", the others
-  "train" (egogestar: 12 clips per class -> 9 train + 3 test).
+  sslx/data/base.py's, deterministic and stratified: in each class, clips in
+  sorted file-name order, every ``test_every``-th clip (the 4th, 8th, ...) is
+  "test", the others "train" (egogestar: 12 clips per class -> 9 train + 3 test).
   """
 
   def __init__(self, root: str | os.PathLike, split: str, *, test_every: int = 4):
@@ -71,24 +74,18 @@ class VideoFolderSource:
     if not root.is_dir():
       raise FileNotFoundError(f"video folder {root} does not exist: expected {root}/<class>/<clip>.mp4 "
                               f"or {root}/<split>/<class>/<clip>.mp4")
-    if (root / split).is_dir():
-      folder, by_clip = root / split, False
-    elif split in ("train", "test") and not any((root / s).is_dir() for s in ("train", "test")):
-      folder, by_clip = root, True
-    else:
-      raise FileNotFoundError(f"video folder {root} has no split '{split}': use {root}/{split}/<class>/<clip>, "
-                              f"or class folders directly under {root} for a train/test split by clip")
+    folder, by_clip = base.split_folder(root, split, "clip")
     self.classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and _videos_in(p))
     paths, labels = [], []
     for label, name in enumerate(self.classes):
       clips = _videos_in(folder / name)
       if by_clip:
-        clips = [c for i, c in enumerate(clips) if (i % test_every == test_every - 1) == (split == "test")]
+        clips = base.take_split(clips, split, test_every)
       paths += [str(c) for c in clips]
       labels += [label] * len(clips)
     unlabeled = _videos_in(folder)
     if by_clip:
-      unlabeled = [c for i, c in enumerate(unlabeled) if (i % test_every == test_every - 1) == (split == "test")]
+      unlabeled = base.take_split(unlabeled, split, test_every)
     paths += [str(c) for c in unlabeled]
     labels += [-1] * len(unlabeled)
     if not paths:
@@ -111,7 +108,7 @@ class VideoFolderSource:
 TFDS_FPS = {"ucf101": 25.0}
 
 
-class TfdsVideoSource(sources.TfdsSource):
+class TfdsVideoSource(base.TfdsSource):
   """A TFDS video dataset prepared as ArrayRecord, read through ``tfds.data_source``:
   records hold decoded frames (or per-frame encoded images) and a label. Their
   frame rate is ``fps``, or the dataset's known rate (UCF101: 25 fps)."""
@@ -350,6 +347,7 @@ class VideoPreprocess:
     self.skipped_unreadable = 0
     self.skipped_short = 0
     self.delivered = 0
+    self._logged: set[str] = set()  # Clips named in a warning so far (at most LOG_FIRST).
     self._lock = threading.Lock()
 
   @property
@@ -359,10 +357,17 @@ class VideoPreprocess:
   # A source whose clips are all skipped would leave the training loop's filter
   # waiting forever; after this many skips with nothing delivered, fail instead.
   GIVE_UP_AFTER = 200
+  LOG_FIRST = 5  # Skipped clips named in a warning; later ones are only counted.
 
-  def _count(self, attribute: str):
+  def _count(self, attribute: str, reason: str, path):
+    name = path if isinstance(path, str) else str(path.get("path", "?"))
     with self._lock:
       setattr(self, attribute, getattr(self, attribute) + 1)
+      if name not in self._logged and len(self._logged) < self.LOG_FIRST:
+        self._logged.add(name)
+        last = len(self._logged) == self.LOG_FIRST
+        logging.warning("Skipping clip %s: %s.%s", name, reason,
+                        " Further skipped clips are only counted." if last else "")
       if self.delivered == 0 and self.skipped >= self.GIVE_UP_AFTER:
         raise ValueError(f"the first {self.skipped} clips were all skipped ({self.skipped_short} shorter than "
                          f"the {self.span}-frame window, {self.skipped_unreadable} unreadable): check the "
@@ -389,22 +394,26 @@ class VideoPreprocess:
       self.cache.put(key, value)
     return value
 
+  def _short(self, length: int) -> tuple[str, str]:
+    return "skipped_short", f"{length} frames at {self.fps:g} fps, shorter than the {self.span}-frame window"
+
   def _window_without_cache(self, path: str, rng):
-    """Random sampling without a cache: seek to the window, decode only it."""
+    """Random sampling without a cache: seek to the window, decode only it. A skipped
+    clip gives (counter, reason) instead of frames."""
     info = probe(path)
     if info is None:
-      return "unreadable"
+      return "skipped_unreadable", "PyAV cannot read its metadata"
     length = frame_count(info[0], self.fps)
     if length < self.span:
-      return "short"
+      return self._short(length)
     start = int(rng.integers(0, length - self.span + 1))
     decoded = decode(path, fps=self.fps, resize_size=self.resize_size, start=start / self.fps,
                      end=(start + self.span) / self.fps)
     if decoded is None:
-      return "unreadable"
+      return "skipped_unreadable", "PyAV cannot decode it"
     frames = decoded[0]
     if len(frames) < self.span:  # Metadata longer than the stream: treat as short.
-      return "short"
+      return self._short(len(frames))
     return frames[:self.span:self.frame_stride]
 
   def _crop_flip(self, clip: np.ndarray, rng) -> np.ndarray:
@@ -427,17 +436,18 @@ class VideoPreprocess:
     rng = rng if rng is not None else np.random.default_rng(0)
     if self.train and self.cache is None and self.sampling == "random" and isinstance(path, str):
       clip = self._window_without_cache(path, rng)
-      if isinstance(clip, str):
-        self._count("skipped_short" if clip == "short" else "skipped_unreadable")
+      if isinstance(clip, tuple):
+        self._count(*clip, path)
         return None
     else:
       whole = self._whole_clip(path)
       if whole is None:
-        self._count("skipped_unreadable")
+        self._count("skipped_unreadable", "PyAV cannot decode it" if isinstance(path, str)
+                    else "its frames cannot be decoded", path)
         return None
       frames, scores = whole
       if len(frames) < self.span:
-        self._count("skipped_short")
+        self._count(*self._short(len(frames)), path)
         return None
       if self.train:
         allowed = window_starts(len(frames), self.span, scores if self.sampling == "motion" else None,

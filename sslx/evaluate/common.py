@@ -10,56 +10,18 @@ video SSL papers.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Any
+import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from jax.sharding import NamedSharding, PartitionSpec
 
-from sslx import models, pretexts
-from sslx import train as trainer
-from sslx.data import image_ops, pipeline
-
-
-@dataclasses.dataclass
-class Run:
-  """A trained run as saved in its workdir."""
-  config: ml_collections.ConfigDict
-  meta: dict
-  step: int
-  backbone: Any
-  variables: dict  # {"params": ..., "batch_stats": ...} of the backbone alone.
-  state: Any = None  # The whole TrainState (head and pretext state included).
-
-
-def load_run(workdir: str, mesh=None) -> Run:
-  """Restores the latest checkpoint's backbone onto ``mesh`` (replicated)."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"no checkpoints in {workdir}: train first with "
-                            f"`sslx-train --config ... --workdir {workdir}`")
-  manager = trainer.checkpoint_manager(workdir)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no finished checkpoint in {workdir}/checkpoints: train first with "
-                            f"`sslx-train --config ... --workdir {workdir}`")
-  meta = trainer.load_metadata(manager, step)
-  config = ml_collections.ConfigDict(meta["config"])
-  pretext, model = trainer.build_model(config)
-  tx, _ = trainer.make_optimizer(config.optimizer, config.total_steps)
-  mesh = mesh if mesh is not None else trainer.make_mesh(jax.local_devices())
-  replicated = NamedSharding(mesh, PartitionSpec())
-  abstract = jax.eval_shape(trainer.train_state_init_fn(config, model, pretext, tx), jax.random.PRNGKey(0))
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-  variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats.get("backbone", {})}
-  return Run(config, meta, step, models.get_backbone(config.model), variables, state)
+from sslx import cli, models, run
+from sslx.data import pipeline, sources
 
 
 def for_evaluation(config, *, temporal_segments: int | None = None):
@@ -73,52 +35,6 @@ def for_evaluation(config, *, temporal_segments: int | None = None):
       raise ValueError(f"temporal_segments must be >= 1 (1: mean over time), got {temporal_segments}")
     config.evaluate.temporal_segments = temporal_segments
   return config
-
-
-def backbone_input_fn(config):
-  """uint8 RGB images -> what the backbone saw in training.
-
-  The dataset-standardised RGB, unless the pretext defines ``backbone_input(images,
-  cfg)`` returning something else for images in [0, 1]: the L channel for
-  colorization, Sobel maps for DeepCluster.
-  """
-  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
-  pretext_cfg = config.get("pretext")
-  custom = getattr(pretexts.get(pretext_cfg.name), "backbone_input", None) if pretext_cfg else None
-
-  def to_input(images):
-    if custom is not None:
-      x = custom(images.astype(jnp.float32) / 255.0, pretext_cfg)
-      if x is not None:
-        return x
-    return image_ops.normalize(images, mean, std)
-
-  return to_input
-
-
-def clip_input_fn(config):
-  """None, or uint8-range clips ``(N, T, H, W, 3)`` -> the frames a 2D backbone saw in training,
-  ``(N, T', H, W, 3)`` in the uint8 range, from the pretext's ``clip_input(clips, cfg)`` for
-  clips in [0, 1] (O3N: dynamic images of consecutive frames, not single frames)."""
-  pretext_cfg = config.get("pretext")
-  custom = getattr(pretexts.get(pretext_cfg.name), "clip_input", None) if pretext_cfg else None
-  if custom is None:
-    return None
-  return lambda clips: 255.0 * custom(clips.astype(jnp.float32) / 255.0, pretext_cfg)
-
-
-def takes_video(backbone) -> bool:
-  """3D backbones (C3D, R3D) take (N, T, H, W, 3) clips; 2D ones single images."""
-  return getattr(backbone, "takes_video", False)
-
-
-def random_init_variables(backbone, config, seed: int) -> dict:
-  """The same backbone at random initialisation (BatchNorm at its initial statistics)."""
-  frames = (config.video.num_frames,) if takes_video(backbone) else ()
-  images = backbone_input_fn(config)(jnp.zeros((1,) + frames + (config.image_size, config.image_size, 3),
-                                               jnp.uint8))
-  variables = backbone.init(jax.random.PRNGKey(seed), images, train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def pool_grid(height: int, channels: int, max_features: int) -> int:
@@ -176,12 +92,12 @@ def feature_fn(backbone, config, max_features: int):
   pretexts, whose encoders only ever saw patches. Otherwise the whole image
   goes through the encoder.
   """
-  to_input = backbone_input_fn(config)
+  to_input = run.backbone_input_fn(config)
   grid = config.evaluate.get("patch_grid") or 0
-  if trainer.media_key(config) == "video":
+  if run.media_key(config) == "video":
     return video_feature_fn(backbone, to_input, max_features,
                             segments=config.evaluate.get("temporal_segments", 1),
-                            clip_fn=clip_input_fn(config))
+                            clip_fn=run.clip_input_fn(config))
 
   @jax.jit
   def features(variables, images):
@@ -214,7 +130,7 @@ def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1
   then averaged over the K clips. ``clip_fn`` (``clip_input_fn``) first turns a 2D
   backbone's clips into the frames it was trained on.
   """
-  three_d = takes_video(backbone)
+  three_d = run.takes_video(backbone)
   per_segment = max(1, max_features // segments)
 
   @jax.jit
@@ -250,9 +166,9 @@ def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: i
   so every batch compiles to the same shape.
   """
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-  preprocess = trainer.make_preprocess(config, source, train=False,
+  preprocess = run.make_preprocess(config, source, train=False,
                                        num_clips=config.evaluate.get("num_clips", 1))
-  key = trainer.media_key(config)
+  key = run.media_key(config)
   dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False)
   out = {name: {} for name in feature_fns}
   labels = []
@@ -266,6 +182,44 @@ def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: i
     labels.append(batch["label"])
   features = {name: {b: np.concatenate(v) for b, v in blocks.items()} for name, blocks in out.items()}
   return features, np.concatenate(labels), preprocess.skipped
+
+
+def labeled_sources(config, splits, *, dataset: str, data_dir: str | None, purpose: str) -> dict:
+  """{split: source} for each split, opened and checked for labels before any feature is
+  extracted (a missing split or an unlabeled one fails in one line, in seconds)."""
+  out = {}
+  for split in splits:
+    source = sources.from_config(config, split, dataset=dataset, data_dir=data_dir)
+    labels = getattr(source, "labels", None)
+    unlabeled = int(sum(1 for y in labels if y < 0)) if labels is not None else 0
+    if unlabeled or source.num_classes < 2:
+      raise ValueError(f"{purpose} needs labels of at least 2 classes, but {dataset} split {split!r} has "
+                       f"{source.num_classes} classes and {unlabeled} unlabeled examples: pass --dataset "
+                       f"with a labeled one")
+    out[split] = source
+  return out
+
+
+def extract_pretrained_and_random(loaded, splits, *, dataset: str, data_dir: str | None, purpose: str):
+  """Features of every split for the run's backbone and the same backbone at random init
+  (seed ``evaluate.seed``): ({split: ({"pretrained"|"random_init": {block: (N, D)}}, labels)},
+  number of classes, skipped examples). The splits are checked before any extraction."""
+  cfg = loaded.config.evaluate
+  split_sources = labeled_sources(loaded.config, splits, dataset=dataset, data_dir=data_dir, purpose=purpose)
+  mesh = run.make_mesh(jax.local_devices())
+  fns = {name: feature_fn(loaded.backbone, loaded.config, cfg.max_features) for name in ("pretrained", "random_init")}
+  variables = {"pretrained": loaded.variables,
+               "random_init": run.random_init_variables(loaded.backbone, loaded.config, cfg.seed)}
+  out, skipped = {}, 0
+  for split, source in split_sources.items():
+    features, labels, n_skipped = extract(source, loaded.config, fns, variables, batch_size=cfg.batch_size,
+                                          mesh=mesh)
+    if (labels < 0).any():
+      raise ValueError(f"{purpose} needs labels, but {dataset} split {split!r} has {int((labels < 0).sum())} "
+                       f"unlabeled examples: pass --dataset with a labeled one")
+    out[split] = (features, labels)
+    skipped += n_skipped
+  return out, max(source.num_classes for source in split_sources.values()), skipped
 
 
 # --- The scripts' shared plumbing. ------------------------------------------------------------
@@ -283,24 +237,59 @@ def write_results(workdir: str, stem: str, results: dict, *, title: str, table: 
   return results
 
 
+WORKDIR_FLAGS = ("workdir", "dataset", "data_dir")
+
+
 def define_workdir_flags(dataset_help: str = "Evaluation data; default: the config's.") -> None:
   """The flags every evaluation script takes: the run to read and the data to read it on."""
   flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
   flags.DEFINE_string("dataset", None, dataset_help)
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
-  flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_string("data_dir", None, "Data directory: folder:NAME datasets resolve against it, and "
+                      "TFDS reads tfds: datasets from it; default: the run's config.")
 
 
-def run_script(name: str, body) -> None:
-  """Runs ``body(flags.FLAGS)`` as an absl app: library logging quiet unless ``--verbosity``
-  is given, and bad input (a ValueError or a missing file) ends it with one line."""
+def apply_overrides(config, overrides: dict[str, str], program: str):
+  """The stored config with ``--config.KEY=VALUE`` overrides (evaluation settings such as
+  ``evaluate.test_split=val``), each checked against the stored fields and typed like them."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, text in overrides.items():
+    error = cli.config_key_error(program, [f"--config.{key}="], config)
+    if error:
+      raise ValueError(error.split(": error: ", 1)[1])
+    *parents, name = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    old = node[name]
+    try:
+      value = cli.parse_value(text, old)
+      node[name] = value
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"--config.{key}={text}: {e}: give a value of the field's type "
+                       f"({type(old).__name__})") from None
+  return config
+
+
+def run_script(name: str, body, *, usage: str, flag_names: tuple[str, ...]) -> None:
+  """Runs ``body(flags.FLAGS, overrides)`` as an absl app: ``--help`` lists the script's own flags,
+  ``--config.KEY=VALUE`` arguments become overrides of the run's stored config, library logging
+  is quiet unless ``--verbosity`` is given, and bad input ends it with one line."""
+  argv = sys.argv[1:]
+  if cli.wants_help(argv):
+    print(cli.help_text(usage, WORKDIR_FLAGS + flag_names))
+    sys.exit(0)
+  overrides = cli.config_overrides(argv)
+  sys.argv = [sys.argv[0]] + [a for a in argv if not a.startswith("--config.")]
+
   def main(argv):
     del argv
     args = flags.FLAGS
     if not args["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
+    if args.workdir is None:
+      raise SystemExit(f"{name}: error: --workdir is required: the training workdir to evaluate")
     try:
-      body(args)
+      body(args, overrides)
     except (ValueError, FileNotFoundError) as e:
-      raise SystemExit(f"{name}: error: {e}") from None
+      cli.exit_quietly(f"{name}: error: {e}")
   app.run(main)

@@ -21,8 +21,7 @@ import optax
 from absl import flags
 
 from sslx import losses
-from sslx import train as trainer
-from sslx.data import sources
+from sslx import checkpoints, run
 from sslx.evaluate import common
 
 
@@ -70,7 +69,7 @@ def train_linear(train_x, train_y, test_x, test_y, *, num_classes: int, epochs: 
 
 
 def _unit(config) -> str:
-  return "videos" if trainer.media_key(config) == "video" else "images"
+  return "videos" if run.media_key(config) == "video" else "images"
 
 
 def markdown_table(results: dict) -> str:
@@ -84,45 +83,32 @@ def markdown_table(results: dict) -> str:
 
 def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
              epochs: int | None = None, patch_grid: int | None = None,
-             temporal_segments: int | None = None) -> dict:
+             temporal_segments: int | None = None, overrides: dict[str, str] | None = None) -> dict:
   """Probes every block of the checkpoint's backbone and of the same backbone at random init.
 
   ``patch_grid`` overrides the config's probe input (0: the whole image; g: the
   mean over a g x g grid of patches); its results go to ``eval/linear_grid{g}``
   so that both protocols of one checkpoint can sit side by side.
   """
-  run = common.load_run(workdir)
-  run.config = common.for_evaluation(run.config, temporal_segments=temporal_segments)
-  cfg = run.config.evaluate
+  loaded = checkpoints.load_run(workdir)
+  loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-linear"),
+                                        temporal_segments=temporal_segments)
+  cfg = loaded.config.evaluate
   stem = "linear"
   if patch_grid is not None:
     if patch_grid < 0:
       raise ValueError(f"patch_grid must be >= 0 (0: whole image), got {patch_grid}")
     cfg.patch_grid = patch_grid
     stem = f"linear_grid{patch_grid}"
-  dataset = dataset or cfg.get("dataset") or run.config.dataset
-  data_dir = data_dir or run.config.get("data_dir")
+  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
+  data_dir = data_dir or loaded.config.get("data_dir")
   epochs = epochs if epochs is not None else cfg.epochs
-  mesh = trainer.make_mesh(jax.local_devices())
-
-  fns = {"pretrained": common.feature_fn(run.backbone, run.config, cfg.max_features),
-         "random_init": common.feature_fn(run.backbone, run.config, cfg.max_features)}
-  variables = {"pretrained": run.variables,
-               "random_init": common.random_init_variables(run.backbone, run.config, cfg.seed)}
-  splits, num_classes, skipped = {}, 0, 0
-  for split in (cfg.train_split, cfg.test_split):
-    source = sources.from_config(run.config, split, dataset=dataset, data_dir=data_dir)
-    num_classes = max(num_classes, source.num_classes)
-    features, labels, n_skipped = common.extract(source, run.config, fns, variables,
-                                                 batch_size=cfg.batch_size, mesh=mesh)
-    if (labels < 0).any():
-      raise ValueError(f"linear evaluation needs labels, but {dataset} split {split!r} has "
-                       f"{int((labels < 0).sum())} unlabeled examples: pass --dataset with a labeled one")
-    splits[split] = (features, labels)
-    skipped += n_skipped
+  splits, num_classes, skipped = common.extract_pretrained_and_random(
+      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir,
+      purpose="linear evaluation")
 
   (train_f, train_y), (test_f, test_y) = splits[cfg.train_split], splits[cfg.test_split]
-  results = {"workdir": os.path.abspath(workdir), "checkpoint_step": run.step, "dataset": dataset,
+  results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
              "train_examples": int(len(train_y)), "test_examples": int(len(test_y)),
              "skipped_images": skipped, "protocol": dict(cfg, epochs=epochs), "blocks": {}}
   for block in train_f["pretrained"]:
@@ -137,8 +123,8 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
 
   return common.write_results(
       workdir, stem, results, table=markdown_table(results),
-      title=f"Linear probe, {dataset}, checkpoint step {run.step}, {len(train_y)} train / "
-            f"{len(test_y)} test {_unit(run.config)}")
+      title=f"Linear probe, {dataset}, checkpoint step {loaded.step}, {len(train_y)} train / "
+            f"{len(test_y)} test {_unit(loaded.config)}")
 
 
 def _define_flags():
@@ -150,19 +136,29 @@ def _define_flags():
                        "patches; default: the config's evaluate.patch_grid.")
 
 
-def _main(args):
+USAGE = """Usage: sslx-linear --workdir=DIR [--dataset=SPEC] [--config.evaluate.KEY=VALUE ...]
+
+Linear probe per block of the workdir's latest checkpoint and of the same backbone at random
+init; the protocol's settings are the run's evaluate section, overridable with --config.
+(e.g. --config.evaluate.test_split=val --config.evaluate.epochs=10). Writes DIR/eval/linear.json.
+"""
+
+
+def _main(args, overrides):
   results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                     patch_grid=args.patch_grid, temporal_segments=args.temporal_segments)
+                     patch_grid=args.patch_grid, temporal_segments=args.temporal_segments,
+                     overrides=overrides)
   print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['train_examples']} train / {results['test_examples']} test examples)\n")
   print(markdown_table(results))
   print(f"\nWritten to {results['written_to']}")
 
 
-def run():
+def cli_main():
   _define_flags()
-  common.run_script("sslx-linear", _main)
+  common.run_script("sslx-linear", _main, usage=USAGE,
+                     flag_names=("epochs", "patch_grid", "temporal_segments"))
 
 
 if __name__ == "__main__":
-  run()
+  cli_main()

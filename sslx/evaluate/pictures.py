@@ -5,7 +5,7 @@ Each pretext that has something to show defines
 ``predict(inputs)`` runs the trained model (``train=False``) on inputs as
 ``make_inputs`` returns them and gives the head's outputs, and ``images`` are
 real test images, float RGB in [0, 1]. This module turns those arrays into PNG
-files (``sslx.evaluate.montage`` lays out the grids). Every
+files (``sslx.montage`` lays out the grids). Every
 run also gets its backbone's first-layer filters.
 
     sslx-pictures --workdir DIR [--count 16] [--dataset folder:PATH]
@@ -13,7 +13,6 @@ run also gets its backbone's first-layer filters.
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import flax
@@ -23,10 +22,10 @@ import numpy as np
 import PIL.Image
 from absl import flags
 
-from sslx import train as trainer
+from sslx import checkpoints, run
 from sslx.data import pipeline, sources
 from sslx.evaluate import common
-from sslx.evaluate.montage import montage  # noqa: F401  (pretexts import it from here too)
+from sslx.montage import montage
 
 
 def first_layer_filters(params) -> np.ndarray | None:
@@ -56,8 +55,8 @@ def first_layer_filters(params) -> np.ndarray | None:
 
 def test_images(config, *, dataset: str | None, data_dir: str | None, count: int) -> np.ndarray:
   """``count`` test images spread evenly over the split, centre-cropped, float [0, 1]."""
-  source = sources.get_source(dataset or config.evaluate.get("dataset") or config.dataset,
-                              config.evaluate.test_split, data_dir or config.get("data_dir"))
+  source = sources.from_config(config, config.evaluate.test_split,
+                               dataset=dataset or config.evaluate.get("dataset"), data_dir=data_dir)
   preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
                                    train=False)
   images = []
@@ -78,7 +77,7 @@ def test_images(config, *, dataset: str | None, data_dir: str | None, count: int
 def train_images(config, indices) -> np.ndarray:
   """Training images at the given source positions, centre-cropped, float [0, 1]
   (an unreadable one shows as grey)."""
-  source = sources.get_source(config.dataset, config.train_split, config.get("data_dir"))
+  source = sources.from_config(config, config.train_split)
   preprocess = pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
                                    train=False)
   out = []
@@ -94,28 +93,25 @@ def write_pictures(workdir: str, *, dataset: str | None = None, data_dir: str | 
   """Writes ``workdir/pictures/<name>.png`` for the pretext's pictures and the first-layer
   filters; returns {name: path}. ``count`` test images (default: the pretext's
   ``picture_images``, else 16)."""
-  run = common.load_run(workdir)
-  pretext, model = trainer.build_model(run.config)
-  count = count or getattr(pretext, "picture_images", 16)
-  config = run.config
+  loaded = checkpoints.load_run(workdir)
+  pretext, model = run.build_model(loaded.config)
+  count = count or pretext.picture_images
+  config = loaded.config
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
-  variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+  variables = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}
 
   @jax.jit
   def predict(inputs):
-    return model.apply(variables, trainer.standardize_inputs(inputs, mean, std), train=False)[0]
+    return model.apply(variables, run.standardize_inputs(inputs, mean, std), train=False)[0]
 
   pictures = {}
-  if hasattr(pretext, "pictures"):
+  if pretext.pictures is not None:
     images = jnp.asarray(test_images(config, dataset=dataset, data_dir=data_dir, count=count))
-    extra = {}
-    if "state" in inspect.signature(pretext.pictures).parameters:
-      # Stateful pretexts can show their state: DeepCluster its clusters of training images.
-      extra = {"state": jax.device_get(run.state.pretext_state),
-               "train_images": lambda indices: train_images(config, indices)}
+    # Stateful pretexts can show their state: DeepCluster its clusters of training images.
+    state = jax.device_get(loaded.state.pretext_state) if pretext.stateful else None
     pictures.update(pretext.pictures(predict, images, rng=jax.random.PRNGKey(seed), cfg=config.pretext,
-                                     **extra))
-  filters = first_layer_filters(jax.device_get(run.state.params))
+                                     state=state, train_images=lambda indices: train_images(config, indices)))
+  filters = first_layer_filters(jax.device_get(loaded.state.params))
   if filters is not None:
     pictures["first_layer_filters"] = filters
   out_dir = os.path.join(workdir, "pictures")
@@ -134,17 +130,26 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "PRNG seed of the corruptions and views drawn.")
 
 
-def _main(args):
+USAGE = """Usage: sslx-pictures --workdir=DIR [--dataset=SPEC] [--count=N]
+
+Writes DIR/pictures/<name>.png: what the pretext shows of its task on test images
+(reconstructions, colourings, views, clusters) and the first layer's filters.
+"""
+
+
+def _main(args, overrides):
+  if overrides:
+    raise ValueError("sslx-pictures takes no --config overrides")
   written = write_pictures(args.workdir, dataset=args.dataset, data_dir=args.data_dir, count=args.count,
                            seed=args.seed)
   for name, path in written.items():
     print(f"{name}: {path}")
 
 
-def run():
+def cli_main():
   _define_flags()
-  common.run_script("sslx-pictures", _main)
+  common.run_script("sslx-pictures", _main, usage=USAGE, flag_names=("count", "seed"))
 
 
 if __name__ == "__main__":
-  run()
+  cli_main()

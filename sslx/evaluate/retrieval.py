@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 from absl import flags
 
-from sslx import train as trainer
-from sslx.data import sources
+from sslx import checkpoints
 from sslx.evaluate import common
 
 
@@ -46,29 +44,17 @@ def markdown_table(results: dict) -> str:
 
 
 def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
-             temporal_segments: int | None = None) -> dict:
-  run = common.load_run(workdir)
-  run.config = common.for_evaluation(run.config, temporal_segments=temporal_segments)
-  cfg = run.config.evaluate
-  dataset = dataset or cfg.get("dataset") or run.config.dataset
+             temporal_segments: int | None = None, overrides: dict[str, str] | None = None) -> dict:
+  loaded = checkpoints.load_run(workdir)
+  loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-retrieval"),
+                                        temporal_segments=temporal_segments)
+  cfg = loaded.config.evaluate
+  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
   ks = tuple(cfg.get("retrieval_k", (1, 5, 10, 20, 50)))
-  mesh = trainer.make_mesh(jax.local_devices())
-  fns = {"pretrained": common.feature_fn(run.backbone, run.config, cfg.max_features),
-         "random_init": common.feature_fn(run.backbone, run.config, cfg.max_features)}
-  variables = {"pretrained": run.variables,
-               "random_init": common.random_init_variables(run.backbone, run.config, cfg.seed)}
-  splits, skipped = {}, 0
-  for split in (cfg.train_split, cfg.test_split):
-    source = sources.from_config(run.config, split, dataset=dataset, data_dir=data_dir)
-    features, labels, n_skipped = common.extract(source, run.config, fns, variables,
-                                                 batch_size=cfg.batch_size, mesh=mesh)
-    if (labels < 0).any():
-      raise ValueError(f"retrieval needs labels, but {dataset} split {split!r} has {int((labels < 0).sum())} "
-                       f"unlabeled examples: pass --dataset with a labeled one")
-    splits[split] = (features, labels)
-    skipped += n_skipped
+  splits, _, skipped = common.extract_pretrained_and_random(
+      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir, purpose="retrieval")
   (gallery, gallery_y), (query, query_y) = splits[cfg.train_split], splits[cfg.test_split]
-  results = {"workdir": os.path.abspath(workdir), "checkpoint_step": run.step, "dataset": dataset,
+  results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
              "gallery": int(len(gallery_y)), "queries": int(len(query_y)), "skipped": skipped,
              "k": list(ks), "num_clips": cfg.get("num_clips", 1), "blocks": {}}
   for block in gallery["pretrained"]:
@@ -78,7 +64,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
         for name in ("pretrained", "random_init")}
   return common.write_results(
       workdir, "retrieval", results, table=markdown_table(results),
-      title=f"Retrieval, {dataset}, checkpoint step {run.step}: {len(query_y)} test queries, "
+      title=f"Retrieval, {dataset}, checkpoint step {loaded.step}: {len(query_y)} test queries, "
             f"{len(gallery_y)} training videos in the gallery")
 
 
@@ -88,19 +74,27 @@ def _define_flags():
                        "consecutive stretches of time, concatenated; default: the config's.")
 
 
-def _main(args):
+USAGE = """Usage: sslx-retrieval --workdir=DIR [--dataset=SPEC] [--config.evaluate.KEY=VALUE ...]
+
+Nearest-neighbour retrieval of test videos (or images) among the training split, per block,
+pretrained against random init (top-k for the run's evaluate.retrieval_k). Writes
+DIR/eval/retrieval.json.
+"""
+
+
+def _main(args, overrides):
   results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir,
-                     temporal_segments=args.temporal_segments)
+                     temporal_segments=args.temporal_segments, overrides=overrides)
   print(f"\nRetrieval on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['queries']} queries, {results['gallery']} in the gallery)\n")
   print(markdown_table(results))
   print(f"\nWritten to {results['written_to']}")
 
 
-def run():
+def cli_main():
   _define_flags()
-  common.run_script("sslx-retrieval", _main)
+  common.run_script("sslx-retrieval", _main, usage=USAGE, flag_names=("temporal_segments",))
 
 
 if __name__ == "__main__":
-  run()
+  cli_main()

@@ -17,6 +17,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+# Model config fields that pick how a model runs, not what it is: every value builds the same
+# parameters and computes the same function (sslx/models/conv.py), so a checkpoint written under
+# one resumes or evaluates under another, and comparisons of a saved model config leave them out.
+# "conv_weight_grad" is conv_kernels' name in checkpoints written before "onednn" (still accepted).
+RUNTIME_KEYS = ("conv_kernels", "conv_weight_grad")
+
 
 def block_names(features: dict[str, Any]) -> list[str]:
   """The per-block feature names of a backbone's output, shallow to deep."""
@@ -24,17 +30,30 @@ def block_names(features: dict[str, Any]) -> list[str]:
   return sorted(names, key=lambda k: int(k[len("block"):]))
 
 
-def get_backbone(model_config) -> nn.Module:
-  """Builds ``sslx.models.<name>.Backbone(**other fields)`` from a model config."""
-  kwargs = dict(model_config)
-  name = kwargs.pop("name")
+def _module(name: str):
   try:
-    module = importlib.import_module(f"sslx.models.{name}")
+    return importlib.import_module(f"sslx.models.{name}")
   except ModuleNotFoundError:
     raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet', 'c3d', 'r3d' "
                      f"(a module under sslx/models/)") from None
-  if "conv_weight_grad" in kwargs:  # The option's name in checkpoints written before "onednn".
-    kwargs["conv_kernels"] = kwargs.pop("conv_weight_grad")
+
+
+def conv_kernels(model_config) -> str | None:
+  """The model's ``conv_kernels`` (its old name accepted; the backbone's default where unset),
+  or None for a backbone without that choice (c3d, r3d: XLA's own 3D convolutions)."""
+  default = getattr(_module(model_config["name"]).Backbone, "conv_kernels", None)
+  if default is None:
+    return None
+  return model_config.get("conv_kernels") or model_config.get("conv_weight_grad") or default
+
+
+def get_backbone(model_config) -> nn.Module:
+  """Builds ``sslx.models.<name>.Backbone(**other fields)`` from a model config."""
+  kwargs = dict(model_config)
+  module = _module(kwargs.pop("name"))
+  old_name = kwargs.pop("conv_weight_grad", None)  # conv_kernels in checkpoints before "onednn".
+  if old_name is not None:
+    kwargs.setdefault("conv_kernels", old_name)
   if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
   for key, value in kwargs.items():

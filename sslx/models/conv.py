@@ -1,7 +1,7 @@
 """2D convolutions with kernels chosen for the backend: ``model.conv_kernels``.
 
 XLA:CPU's convolution kernels are slow next to oneDNN's (PyTorch's) on the same CPU,
-its weight-gradient kernel most of all (../shared/STACK.md; README, "Performance
+its weight-gradient kernel most of all (docs/performance.md; "Performance
 against PyTorch"; benchmarks/train_step_vs_torch.py). ``Conv`` is a drop-in for
 ``nn.Conv`` (same parameter name and shape, so checkpoints are interchangeable)
 whose ``kernels`` pick how it runs, all computing the same function (tests/models/
@@ -14,8 +14,15 @@ test_conv.py checks each against ``jax.grad`` of the plain convolution):
 - "taps": XLA's forward and input gradient; the weight gradient as one matmul per
   kernel tap, ``x_shifted^T @ g`` over the batch and all positions (``conv2d``),
   which XLA:CPU runs at matmul speed. Needs nothing beyond jax.
-- "auto": "onednn" on a single CPU device where it is available, "taps" on other
-  CPU setups, "xla" elsewhere.
+- "auto": "onednn" on a single CPU device where it is ready (``onednn.ready()``: built
+  and cached by ``prepare_kernels`` at start-up, never compiled inside tracing), "taps"
+  on other CPU setups, "xla" elsewhere.
+
+The choice is a run-time setting, not part of a model's identity (every choice has the
+same parameters: ``sslx.models.RUNTIME_KEYS``). Programs call ``prepare_kernels`` once
+before building models (sslx-train and the benchmarks do) and ``check_kernels`` to fail in
+a line before compiling; ``resolve_kernels`` is what a layer runs with when traced. All
+three decide in ``_choose``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sslx import models
 from sslx.models import onednn
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -107,22 +115,75 @@ def _pointwise_bwd(residuals, g):
 pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
-def resolve_kernels(kernels: str, dtype=jnp.float32) -> str:
-  """The kernels a convolution of ``dtype`` runs with (decided when the model is traced)."""
+def _choose(kernels: str, platform: str, count: int, dtype, prepare: bool) -> tuple[str, str]:
+  """(the kernels, why) for ``model.conv_kernels`` on ``count`` devices of ``platform``;
+  ValueError for a choice that cannot run there. Only ``prepare`` lets "auto" build oneDNN:
+  compiling belongs at start-up, not in a model's first trace. An explicit "onednn" asks for
+  the build, so it may compile."""
   if kernels not in KERNELS:
     raise ValueError(f"unknown model.conv_kernels {kernels!r}: use one of {KERNELS}")
-  if kernels == "auto":
-    if jax.default_backend() != "cpu":
-      return "xla"
-    # Several CPU devices partition the batch; XLA's partitioner cannot split a custom call.
-    single_fp32 = jnp.dtype(dtype) == jnp.float32 and jax.device_count() == 1
-    return "onednn" if single_fp32 and not onednn.unavailable_reason() else "taps"
+  dtype = jnp.dtype(dtype)
   if kernels == "onednn":
-    why = onednn.unavailable_reason() or (
-        "" if jnp.dtype(dtype) == jnp.float32 else f"its kernels are fp32 and the model is {jnp.dtype(dtype)}")
+    if platform != "cpu":
+      raise ValueError(f"model.conv_kernels='onednn' runs on the CPU backend, this run is on {platform}: "
+                       f"use 'auto' or 'xla'")
+    if count > 1:
+      raise ValueError(f"model.conv_kernels='onednn' runs on one CPU device, this run has {count}: "
+                       f"use 'auto' or 'taps'")
+    if dtype != jnp.float32:
+      raise ValueError(f"model.conv_kernels='onednn' cannot run: its kernels are fp32 and the model is "
+                       f"{dtype}: use 'auto' or 'taps'")
+    why = onednn.prepare()
     if why:
-      raise ValueError(f"model.conv_kernels='onednn' cannot run: {why}")
-  return kernels
+      raise ValueError(f"model.conv_kernels='onednn' cannot run: {why}; or set model.conv_kernels to 'taps' or 'xla'")
+    return kernels, "model.conv_kernels"
+  if kernels != "auto":
+    return kernels, "model.conv_kernels"
+  if platform != "cpu":
+    return "xla", f"auto: {platform} backend"
+  if count > 1:  # Several devices partition the batch; XLA's partitioner cannot split a custom call.
+    return "taps", f"auto: {count} CPU devices; oneDNN runs on one"
+  if dtype != jnp.float32:
+    return "taps", f"auto: a {dtype} model; oneDNN's kernels are fp32"
+  if prepare:
+    why = onednn.prepare()
+    if why:
+      return "taps", f"auto: oneDNN unavailable: {why}"
+  elif not onednn.ready():
+    return "taps", "auto: oneDNN not built yet; conv.prepare_kernels builds it"
+  return "onednn", "auto: one CPU device, oneDNN ready"
+
+
+def _line(kernels, devices, dtype, prepare: bool) -> str:
+  if kernels is not None and not isinstance(kernels, str):  # A whole model config.
+    kernels, dtype = models.conv_kernels(kernels), kernels.get("dtype", dtype)
+  if kernels is None:
+    return "conv kernels: xla (the backbone has no model.conv_kernels)"
+  devices = list(devices)
+  if not devices:
+    raise ValueError("no devices to run the convolutions on: pass the run's devices (jax.devices())")
+  chosen, why = _choose(kernels, devices[0].platform, len(devices), dtype, prepare)
+  return f"conv kernels: {chosen} ({why})"
+
+
+def prepare_kernels(kernels, devices, dtype=jnp.float32) -> str:
+  """Builds (or loads from its cache) what ``model.conv_kernels`` needs on ``devices``, once,
+  before anything is traced; returns one line saying which kernels the run uses and why.
+  ``kernels``: the choice, or the model config (its conv_kernels and dtype). ValueError for a
+  choice that cannot run there (``check_kernels``)."""
+  return _line(kernels, devices, dtype, prepare=True)
+
+
+def check_kernels(kernels, devices, dtype=jnp.float32) -> str:
+  """``prepare_kernels``'s line without building anything for "auto": ValueError for an unknown
+  choice, or "onednn" on several devices, another backend or a non-fp32 model."""
+  return _line(kernels, devices, dtype, prepare=False)
+
+
+def resolve_kernels(kernels: str, dtype=jnp.float32) -> str:
+  """The kernels a convolution of ``dtype`` runs with (decided when the model is traced, on this
+  process's devices)."""
+  return _choose(kernels, jax.default_backend(), jax.device_count(), dtype, prepare=False)[0]
 
 
 class Conv(nn.Module):

@@ -17,7 +17,7 @@ class ConvBN(nn.Module):
   A stride-1 1x1 convolution is a matmul over channels (``sslx.models.conv.Pointwise``,
   parameters as ``nn.Dense``: a (C_in, C_out) kernel), so XLA:CPU computes its weight
   gradient as a plain matmul instead of its slow convolution weight-gradient kernel (see
-  ../shared/STACK.md; about 1.4x faster end to end on the ConvNet here). Other convolutions
+  docs/performance.md; about 1.4x faster end to end on the ConvNet here). Other convolutions
   go through ``sslx.models.conv.Conv``. ``kernels`` (``model.conv_kernels``) picks how both
   run: "auto" = oneDNN's kernels (or the matmul formulations) on CPU (benchmarks/train_step_vs_torch.py),
   XLA's elsewhere.

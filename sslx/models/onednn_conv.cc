@@ -6,12 +6,12 @@
 //   2 weight gradient:  a = x (N,H,W,Ci),     b = dy (N,Ho,Wo,Co) -> dw (KH,KW,Ci,Co)
 // Activations stay NHWC (oneDNN's channels-last kernels, what PyTorch uses with channels_last);
 // weights are reordered to and from the blocked layout the chosen kernel wants.
-// Primitives are built once per (pass, shapes, strides, padding) and cached; one mutex serialises
-// execution, since the cached primitives share their weight buffers and oneDNN's scratchpad.
-// Built by sslx/models/onednn.py on first use (g++, against the onednn-devel wheel's headers).
+// Primitives (the convolution and its weight reorder) are built once per (pass, shapes, strides,
+// padding) and cached; one mutex serialises execution, since the cached primitives share their
+// weight buffers and oneDNN's scratchpad.
+// Built by sslx/models/onednn.py's prepare() (g++, against the onednn-devel wheel's headers).
 
 #include <cstdint>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +33,7 @@ struct Plan {
   dnnl::primitive conv;
   memory::desc x_md, y_md, w_user_md, w_md;  // w_md: the kernel's layout (diff weights for pass 2)
   std::unique_ptr<memory> w_buffer;          // weights in the kernel's layout, when it differs
+  dnnl::reorder w_reorder;                   // into w_buffer (passes 0, 1), out of it (pass 2)
 };
 
 struct State {
@@ -75,7 +76,12 @@ Plan make_plan(State& s, int64_t pass, const memory::dims& x_dims, const memory:
     plan.w_md = bwd.diff_weights_desc();
     plan.conv = dnnl::convolution_backward_weights(bwd);
   }
-  if (plan.w_md != plan.w_user_md) plan.w_buffer = std::make_unique<memory>(plan.w_md, s.engine);
+  if (plan.w_md != plan.w_user_md) {
+    plan.w_buffer = std::make_unique<memory>(plan.w_md, s.engine);
+    const bool out = pass == 2;
+    plan.w_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+        s.engine, out ? plan.w_md : plan.w_user_md, s.engine, out ? plan.w_user_md : plan.w_md));
+  }
   return plan;
 }
 
@@ -116,7 +122,7 @@ ffi::Error Convolution(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     memory w_user(plan.w_user_md, s.engine, w_ptr);
     memory w_mem = plan.w_buffer ? *plan.w_buffer : w_user;
 
-    if (pass != 2 && plan.w_buffer) dnnl::reorder(w_user, w_mem).execute(s.stream, w_user, w_mem);
+    if (pass != 2 && plan.w_buffer) plan.w_reorder.execute(s.stream, w_user, w_mem);
     if (pass == 0) {
       plan.conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem}});
     } else if (pass == 1) {
@@ -125,7 +131,7 @@ ffi::Error Convolution(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     } else {
       plan.conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, y_mem},
                                    {DNNL_ARG_DIFF_WEIGHTS, w_mem}});
-      if (plan.w_buffer) dnnl::reorder(w_mem, w_user).execute(s.stream, w_mem, w_user);
+      if (plan.w_buffer) plan.w_reorder.execute(s.stream, w_mem, w_user);
     }
     s.stream.wait();
   } catch (const dnnl::error& e) {

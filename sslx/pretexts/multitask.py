@@ -14,7 +14,9 @@ targets are nested per task); the backbone runs once per task, as the paper's
 shared trunk does for each task's batch. Metrics are reported per task
 (``jigsaw/accuracy``, ``jigsaw/loss``). BatchNorm statistics see every task's
 inputs in turn. All tasks share the input pipeline, so they share the image
-size (choose one that suits the patch pretexts, e.g. 64 px).
+size (choose one that suits the patch pretexts, e.g. 64 px). ``validate`` refuses,
+in one line, the tasks this cannot mix: a multitask, video pretexts, stateful
+ones (DeepCluster, colorization) and any whose ``combinable`` is False.
 """
 
 from __future__ import annotations
@@ -44,14 +46,32 @@ def task(name: str, weight: float = 1.0, **overrides) -> ml_collections.ConfigDi
   return cfg
 
 
-def _tasks(cfg) -> list[tuple[str, Any, Any]]:
-  """(label, module, config) per task, in a fixed (sorted) order."""
+def _refuse(label: str, pretext: pretexts.Pretext) -> None:
+  """One-line errors for the tasks one backbone on the shared images cannot mix, before they fail
+  at trace time: the multitask itself, video pretexts, stateful ones (the explicit state is one
+  pretext's), and those that say they cannot be combined."""
+  name = pretext.name
+  if name == "multitask":
+    raise ValueError(f"multitask: task {label!r} is itself a multitask: list its pretexts directly")
+  if name.startswith("video."):
+    raise ValueError(f"multitask: task {label!r} ({name}) is a video pretext: multitask mixes image "
+                     f"pretexts on one image backbone; remove pretext.tasks.{label} or train it alone")
+  if pretext.stateful:
+    raise ValueError(f"multitask: task {label!r} ({name}) is stateful (the train state carries one "
+                     f"pretext's state, not one per task): remove pretext.tasks.{label} or train it alone")
+  if not pretext.combinable:
+    raise ValueError(f"multitask: task {label!r} ({name}) is not combinable (combinable is False): "
+                     f"remove pretext.tasks.{label} or train it alone")
+
+
+def _tasks(cfg) -> list[tuple[str, pretexts.Pretext, Any]]:
+  """(label, pretext, config) per task, in a fixed (sorted) order; refused tasks raise."""
   out = []
   for label in sorted(cfg.tasks.keys()):
     sub = cfg.tasks[label]
-    if sub.name == "multitask":
-      raise ValueError(f"multitask: task {label!r} is itself a multitask: list its pretexts directly")
-    out.append((label, pretexts.get(sub.name), sub))
+    pretext = pretexts.get(sub.name)
+    _refuse(label, pretext)
+    out.append((label, pretext, sub))
   return out
 
 
@@ -61,24 +81,24 @@ def validate(config) -> None:
   if not cfg.tasks:
     raise ValueError("multitask: no tasks: add some, e.g. cfg.tasks.rotation = "
                      "multitask.task('image.rotation', weight=1.0)")
-  for label, module, sub in _tasks(cfg):
+  for label, pretext, sub in _tasks(cfg):
     if sub.get("weight") is None or sub.weight < 0:
       raise ValueError(f"multitask: task {label!r} needs a weight >= 0, got {sub.get('weight')}: "
                        f"set --config.pretext.tasks.{label}.weight")
-    if hasattr(module, "validate"):
-      # The task's own checks see the shared config (image size, video window) with its sub-config as
-      # the pretext; its overrides then live under pretext.tasks.<label>.
-      try:
-        module.validate(ml_collections.ConfigDict(dict(config.to_dict(), pretext=sub.to_dict())))
-      except ValueError as e:
-        message = re.sub(r"\bpretext\.(?!tasks\.)", f"pretext.tasks.{label}.", str(e))
-        raise ValueError(f"multitask task {label!r} ({sub.name}): {message}") from None
+    # The task's own checks see the shared config (image size, video window) with its sub-config as
+    # the pretext; its overrides then live under pretext.tasks.<label>.
+    try:
+      pretext.validate(ml_collections.ConfigDict(dict(config.to_dict(), pretext=sub.to_dict())))
+    except ValueError as e:
+      message = re.sub(r"\bpretext\.(?!tasks\.)", f"pretext.tasks.{label}.", str(e))
+      raise ValueError(f"multitask task {label!r} ({sub.name}): {message}") from None
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   inputs, targets = {}, {}
-  for i, (label, module, sub) in enumerate(_tasks(cfg)):
-    inputs[label], targets[label] = module.make_inputs(jax.random.fold_in(rng, i), batch, sub)
+  del state  # Every task is stateless (see _refuse).
+  for i, (label, pretext, sub) in enumerate(_tasks(cfg)):
+    inputs[label], targets[label] = pretext.make_inputs(jax.random.fold_in(rng, i), batch, sub)
   return inputs, targets
 
 
@@ -91,7 +111,7 @@ class Heads(nn.Module):
 
 
 def head(cfg) -> nn.Module:
-  return Heads(heads={label: module.head(sub) for label, module, sub in _tasks(cfg)})
+  return Heads(heads={label: pretext.head(sub) for label, pretext, sub in _tasks(cfg)})
 
 
 class MultiTaskModel(nn.Module):
@@ -114,8 +134,8 @@ def model(backbone, cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   """The weighted sum of the tasks' losses; metrics per task."""
   total, metrics = 0.0, {}
-  for label, module, sub in _tasks(cfg):
-    value, task_metrics = module.loss(outputs[label], targets[label], cfg=sub)
+  for label, pretext, sub in _tasks(cfg):
+    value, task_metrics = pretext.loss(outputs[label], targets[label], cfg=sub)
     total = total + sub.weight * value
     metrics[f"{label}/loss"] = value
     metrics.update({f"{label}/{k}": v for k, v in task_metrics.items()})

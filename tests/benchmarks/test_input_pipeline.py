@@ -59,4 +59,4 @@ def test_a_config_whose_data_are_absent_is_skipped_with_its_reason(tmp_path, cap
       f"  c.dataset = 'folder:{tmp_path / 'absent'}'\n  return c\n")
   assert input_pipeline.main(["--configs", str(experiment), "--steps", "1"]) == []
   out = capsys.readouterr().out
-  assert f"skipped rotation_absent.py: dataset folder {tmp_path / 'absent'}/train does not exist" in out
+  assert f"skipped rotation_absent.py: dataset folder:{tmp_path / 'absent'} not found at {tmp_path / 'absent'}" in out

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from sslx import configs, train
+from sslx import configs, pretexts, run
 from sslx.pretexts.image import jigsaw
 from sslx.pretexts.video import opn
 from tests.benchmarks import load_benchmark
@@ -48,8 +48,8 @@ def test_quick_run_prints_positive_times_and_shares(capsys):
 def _labels(share, name, batch_size):
   """The benchmark's batch of ``name`` (quick) through its label maker, without a model."""
   config = configs.load(REPO / "experiments" / name, "quick")
-  pretext = train.pretexts.get(config.pretext.name)
-  state = train.TrainState(step=np.int32(3), params={}, batch_stats={}, opt_state={},
+  pretext = pretexts.get(config.pretext.name)
+  state = run.TrainState(step=np.int32(3), params={}, batch_stats={}, opt_state={},
                            rng=jax.random.PRNGKey(0), pretext_state={})
   batch = share.real_batch(config, batch_size)
   inputs, targets = share.label_fn(config, pretext)(state, batch)

@@ -25,8 +25,8 @@ def test_torch_twin_has_exactly_the_sslx_models_parameters(model_name):
   pytest.importorskip("torch")
   bench = load_benchmark("train_step_vs_torch")
   config = bench.sslx_config(model_name, 8, "xla")
-  from sslx import train
-  _, model = train.build_model(config)
+  from sslx import run
+  _, model = run.build_model(config)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"image": np.zeros((1, 32, 32, 3),
                                                                                            np.float32)}, train=False))
   sslx_shapes = sorted(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))

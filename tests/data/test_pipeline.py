@@ -1,4 +1,5 @@
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -110,7 +111,7 @@ def test_seeded_and_resumable_from_state(sample_images):
   assert not np.array_equal(other["label"], _labels(ds, 1))
 
 
-def test_unreadable_images_are_skipped_and_counted(tmp_path):
+def test_unreadable_images_are_skipped_counted_and_named(tmp_path, caplog):
   good = tmp_path / "train" / "a"
   good.mkdir(parents=True)
   for i in range(6):
@@ -119,10 +120,74 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
   (good / "empty.jpg").write_bytes(b"")
   source = sources.get_source(f"folder:{tmp_path}", "train")
   pre = pipeline.Preprocess(image_size=8, train=False)
-  batches = list(pipeline.make_dataset(source, pre, batch_size=4, seed=0, train=False))
+  with caplog.at_level(logging.WARNING):
+    batches = list(pipeline.make_dataset(source, pre, batch_size=4, seed=0, train=False))
   assert sum(len(b["label"]) for b in batches) == 6
-  assert pre.skipped == 2
+  assert pre.skipped == 2 and len(pre.skipped_files) == 2 and not pre.upscaled_files
   assert batches[0]["image"].shape[1:] == (8, 8, 3)
+  named = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping"))
+  assert named == [f"Skipping unreadable image {good / 'broken.png'}: Pillow does not recognise it as an image.",
+                   f"Skipping unreadable image {good / 'empty.jpg'}: the file is empty."]
+
+
+def test_only_the_first_unreadable_images_are_named_then_counted(caplog):
+  pre = pipeline.Preprocess(image_size=4, train=False)
+  pre.LOG_FIRST = 2
+  with caplog.at_level(logging.WARNING):
+    for _ in range(2):  # Seen again (a second epoch): counted as an event, not named again.
+      for i in range(4):
+        assert pre({"image": b"junk", "label": 0, "index": i}) is None
+  assert pre.skipped == 8 and pre.skipped_files == {0, 1, 2, 3}
+  named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping")]
+  assert named == ["Skipping unreadable image example 0: Pillow does not recognise it as an image.",
+                   "Skipping unreadable image example 1: Pillow does not recognise it as an image. "
+                   "Further unreadable images are only counted."]
+
+
+def test_a_file_that_cannot_be_read_is_named_with_the_reason(tmp_path, caplog):
+  (tmp_path / "a").mkdir()
+  for i in range(4):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / f"{i}.png")
+  source = sources.get_source(f"folder:{tmp_path}", "train")
+  (tmp_path / "a" / "0.png").unlink()  # Gone after listing (a flaky network disk).
+  record = dict(source[0], index=0)
+  assert record["image"] is None and record["error"].startswith("FileNotFoundError")
+  with caplog.at_level(logging.WARNING):
+    assert pipeline.Preprocess(image_size=8, train=False)(record) is None
+  assert f"Skipping unreadable image {tmp_path / 'a' / '0.png'}: FileNotFoundError" in caplog.text
+
+
+def test_images_smaller_than_the_crop_are_upscaled_counted_and_named(tmp_path, caplog):
+  """Real 32 px CIFAR-10 images for a 40 px crop: upscaled (not dropped), named, counted once each."""
+  source = sources.get_source("sample", "train")
+  pre = pipeline.Preprocess(image_size=40, crop_padding=2, flip=True, train=True)
+  with caplog.at_level(logging.WARNING):
+    batches = pipeline.make_dataset(source, pre, batch_size=8, seed=0, train=True, num_examples=8)
+    it = iter(batches)
+    first = next(it)
+    next(it)  # A second epoch of the same 8 images: nothing new to name or count.
+  assert first["image"].shape == (8, 40, 40, 3) and first["image"].std() > 10
+  assert pre.upscaled_files == set(range(8)) and not pre.skipped_files
+  named = [r for r in caplog.records if "smaller than the 40 px crop" in r.getMessage()]
+  assert len(named) == pipeline.Preprocess.LOG_FIRST and all(r.levelno == logging.WARNING for r in named)
+  assert named[0].getMessage().startswith(f"Image {sources.SAMPLE_DIR}/train/") and "is 32x32" in named[0].getMessage()
+  assert named[-1].getMessage().endswith("Further ones are only counted.")
+  # Upscaling the config asks for (an explicit resize_size, e.g. jigsaw's CIFAR at 64 px) is
+  # counted the same way but logged at INFO, not as a warning.
+  asked = pipeline.Preprocess(image_size=40, resize_size=40, train=False)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    out = asked(dict(source[0], index=0))
+  assert out["image"].shape == (40, 40, 3) and asked.upscaled_files == {0}
+  assert [r.levelno for r in caplog.records if "smaller than" in r.getMessage()] == [logging.INFO]
+  exact = pipeline.Preprocess(image_size=32, train=False)
+  assert exact(dict(source[0], index=0))["image"].shape == (32, 32, 3)
+  assert not exact.upscaled_files  # 32 px images for a 32 px crop: nothing to report.
+
+
+def test_a_resize_smaller_than_the_crop_fails_in_one_line():
+  with pytest.raises(ValueError, match="resize_size 24 is smaller than image_size 32.*set resize_size >= "):
+    pipeline.Preprocess(image_size=32, resize_size=24)
 
 
 def test_host_ops():

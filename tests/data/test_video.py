@@ -1,13 +1,14 @@
 """Video decoding, frame-rate resampling, window sampling and the clip pipeline."""
 
-from pathlib import Path
+import logging
 
 import numpy as np
 import pytest
 
 from sslx.data import pipeline, sources, video
+from tests.conftest import DATA_DIR, requires_data
 
-EGOGESTAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "egogestar"
+EGOGESTAR = DATA_DIR / "egogestar"
 
 
 def write_clip(path, *, fps, num_frames, size=(48, 64), moving=False, codec="libx264"):
@@ -122,19 +123,41 @@ def test_flow_and_difference_scores_see_motion(tmp_path):
     assert video.motion_scores(moving, method).min() > 10 * video.motion_scores(still, method).max() + 1e-3
 
 
-def test_corrupt_and_short_clips_are_skipped_and_counted(tmp_path):
+def test_corrupt_and_short_clips_are_skipped_counted_and_named(tmp_path, caplog):
   folder = clip_folder(tmp_path, lengths=(60, 6, 60, 60))  # clip1: 0.2 s, too short for 4 frames at 10 fps.
   (folder / "class1" / "broken.mp4").write_bytes(b"\x00" * 1000)
   source = video.VideoFolderSource(folder, "train", test_every=100)
   assert len(source) == 5
   preprocess = make_preprocess()
-  batches = pipeline.make_dataset(source, preprocess, batch_size=3, seed=0, train=False)
-  kept = sum(len(b["label"]) for b in batches)
+  with caplog.at_level(logging.WARNING):
+    batches = pipeline.make_dataset(source, preprocess, batch_size=3, seed=0, train=False)
+    kept = sum(len(b["label"]) for b in batches)
   assert kept == 3 and preprocess.skipped_short == 1 and preprocess.skipped_unreadable == 1
+  named = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping clip"))
+  assert named == [f"Skipping clip {folder / 'class1' / 'broken.mp4'}: PyAV cannot decode it.",
+                   f"Skipping clip {folder / 'class1' / 'clip1.mp4'}: 2 frames at 10 fps, shorter than the "
+                   f"4-frame window."]
   counts = video.check_lengths(source, fps=10, span=4)
   assert counts == {"short": 1, "unreadable": 1, "usable": 3}
   with pytest.raises(ValueError, match="no clip is long enough.*lower video.num_frames"):
     video.check_lengths(source, fps=10, span=100)
+
+
+def test_only_the_first_skipped_clips_are_named_then_counted(tmp_path, caplog):
+  (tmp_path / "a").mkdir()
+  for i in range(4):
+    (tmp_path / "a" / f"bad{i}.mp4").write_bytes(b"junk")
+  preprocess = make_preprocess(cache_mb=0)  # Random windows without a cache: probing fails first.
+  preprocess.LOG_FIRST = 2
+  with caplog.at_level(logging.WARNING):
+    for _ in range(2):  # A clip seen again is counted again, but never named twice.
+      for i in range(4):
+        assert preprocess({"video": str(tmp_path / "a" / f"bad{i}.mp4"), "label": 0}, None) is None
+  assert preprocess.skipped_unreadable == 8
+  named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping clip")]
+  assert named == [f"Skipping clip {tmp_path / 'a' / 'bad0.mp4'}: PyAV cannot read its metadata.",
+                   f"Skipping clip {tmp_path / 'a' / 'bad1.mp4'}: PyAV cannot read its metadata. "
+                   f"Further skipped clips are only counted."]
 
 
 def test_evaluation_gives_evenly_spread_clips_and_centre_crops(tmp_path):
@@ -144,6 +167,7 @@ def test_evaluation_gives_evenly_spread_clips_and_centre_crops(tmp_path):
   np.testing.assert_array_equal(frame_numbers(out[:, 0]), [0, 9, 18, 27, 36])
 
 
+@requires_data("egogestar")
 def test_folder_without_splits_is_split_by_clip_deterministically():
   train = video.VideoFolderSource(EGOGESTAR, "train")
   test = video.VideoFolderSource(EGOGESTAR, "test")
@@ -153,8 +177,19 @@ def test_folder_without_splits_is_split_by_clip_deterministically():
   assert video.VideoFolderSource(EGOGESTAR, "test").paths == test.paths
 
 
+@requires_data("egogestar")
+def test_dataset_specs_name_the_real_clips_in_the_data_directory():
+  by_name = sources.get_source("folder:egogestar", "train")  # Resolved against $SSLX_DATA_DIR.
+  assert isinstance(by_name, video.VideoFolderSource)
+  assert by_name.paths == sources.get_source(f"folder:{EGOGESTAR}", "train").paths
+  with pytest.raises(FileNotFoundError, match="has no split 'val'"):
+    video.VideoFolderSource(EGOGESTAR, "val")
+
+
 def test_dataset_specs_pick_the_video_source_and_bad_folders_fail_clearly(tmp_path):
-  assert isinstance(sources.get_source(f"folder:{EGOGESTAR}", "train"), video.VideoFolderSource)
+  (tmp_path / "clips").mkdir()
+  clip_folder(tmp_path / "clips")
+  assert isinstance(sources.get_source(f"folder:{tmp_path / 'clips'}", "train"), video.VideoFolderSource)
   sample = sources.get_source("sample_video", "train")
   assert len(sample) == 22 and sample.num_classes == 11
   (tmp_path / "empty" / "a").mkdir(parents=True)
@@ -163,9 +198,10 @@ def test_dataset_specs_pick_the_video_source_and_bad_folders_fail_clearly(tmp_pa
   with pytest.raises(FileNotFoundError, match="does not exist"):
     video.VideoFolderSource(tmp_path / "nope", "train")
   with pytest.raises(FileNotFoundError, match="has no split 'val'"):
-    video.VideoFolderSource(EGOGESTAR, "val")
+    video.VideoFolderSource(tmp_path / "clips", "val")
 
 
+@requires_data("egogestar")
 def test_a_real_clip_decodes_at_the_requested_rate():
   path = str(EGOGESTAR / "carret" / "testvideo_carret_1.mp4")  # 81 frames at 29.97 fps: 2.70 s, 28 frames at 10 fps.
   frames, times = video.decode(path, fps=10, resize_size=72)

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from sslx import models, run
 from sslx.evaluate import common, linear
 
 
@@ -85,7 +86,7 @@ def test_patch_grid_features_are_the_mean_over_patches(sample_images):
   config = configs.quick(configs.base())
   config.evaluate.patch_grid = 2
   backbone = models.get_backbone(config.model)
-  variables = common.random_init_variables(backbone, config, seed=0)
+  variables = run.random_init_variables(backbone, config, seed=0)
   images = sample_images[0][:3]
   # Full float32 convolutions: on GPUs the default (TF32) differs by ~5e-4 between batch shapes.
   with jax.default_matmul_precision("highest"):
@@ -109,17 +110,17 @@ def test_backbone_input_follows_the_pretext(sample_images):
   from tests.conftest import tiny_config
   images = np.asarray(sample_images[0][:4])
   rotation_config = tiny_config()
-  standard = np.asarray(common.backbone_input_fn(rotation_config)(images))
+  standard = np.asarray(run.backbone_input_fn(rotation_config)(images))
   images_01 = (images / 255.0).astype(np.float32)
   np.testing.assert_allclose(standard, np.asarray(
       (images_01 - np.asarray(rotation_config.normalize.mean)) / np.asarray(rotation_config.normalize.std)),
       rtol=1e-5, atol=1e-5)
   # DeepCluster's encoder saw Sobel maps in training, so the probe feeds it the same.
   deepcluster_config = tiny_config("deepcluster_convnet_cifar10.py")
-  edges = np.asarray(common.backbone_input_fn(deepcluster_config)(images))
+  edges = np.asarray(run.backbone_input_fn(deepcluster_config)(images))
   from sslx.pretexts.image import deepcluster
   np.testing.assert_allclose(edges, np.asarray(deepcluster.sobel(images_01)), atol=1e-5)
-  variables = common.random_init_variables(common.models.get_backbone(deepcluster_config.model),
+  variables = run.random_init_variables(models.get_backbone(deepcluster_config.model),
                                            deepcluster_config, 0)
   first = variables["params"]["block1_conv1"]["conv"]["kernel"]
   assert first.shape[2] == 2  # Two input channels: the Sobel x and y maps.

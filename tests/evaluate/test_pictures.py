@@ -2,8 +2,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sslx import train
-from sslx.evaluate import montage, pictures
+from sslx import montage, train
+from sslx.evaluate import pictures
 from tests.conftest import tiny_config
 
 

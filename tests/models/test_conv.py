@@ -6,10 +6,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslx import models
 from sslx.models import conv, onednn
 
-# "onednn" where its wheels are installed (x86-64 Linux; always in CI): see _require_onednn.
-RUNNABLE_KERNELS = [k for k in conv.KERNELS if k != "onednn" or not onednn.unavailable_reason()]
+
+def _onednn_skip_reason() -> str:
+  """"" where the oneDNN kernels can run (always in CI: x86-64 Linux, CPU), else why not."""
+  if jax.default_backend() != "cpu":
+    return f"oneDNN convolutions run on the CPU backend only (this is {jax.default_backend()})"
+  try:
+    importlib.metadata.distribution("onednn-cpu-gomp")
+  except importlib.metadata.PackageNotFoundError:
+    return "the oneDNN wheels are x86-64 Linux only (requirements.txt)"
+  return ""
+
+
+# Collecting the tests builds nothing: the kernels are built by the tests that ask for them.
+RUNNABLE_KERNELS = [k for k in conv.KERNELS if k != "onednn" or not _onednn_skip_reason()]
 
 
 def _reference(x, kernel, strides):
@@ -38,12 +51,11 @@ def test_tap_weight_gradient_equals_jax_grad_of_the_plain_convolution(size, kern
 
 
 def _require_onednn():
-  try:
-    importlib.metadata.distribution("onednn-cpu-gomp")
-  except importlib.metadata.PackageNotFoundError:
-    pytest.skip("the oneDNN wheels are x86-64 Linux only (requirements.txt)")
+  """Skips where oneDNN cannot run; elsewhere builds (or loads) the kernel, as the tests ask for it."""
+  if _onednn_skip_reason():
+    pytest.skip(_onednn_skip_reason())
   # Installed, the kernel must build and register.
-  assert onednn.unavailable_reason() == ""
+  assert onednn.prepare() is None
 
 
 @pytest.mark.parametrize("size, kernel_size, cin, cout, stride", [
@@ -74,18 +86,72 @@ def test_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(size,
     assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
 
 
+class _Device:
+  def __init__(self, platform):
+    self.platform = platform
+
+
 def test_conv_kernels_resolve_per_backend_and_explain_what_cannot_run(monkeypatch):
   _require_onednn()
-  assert conv.resolve_kernels("auto") == "onednn"  # One CPU device, fp32, the wheels installed.
+  cpu, gpu = [_Device("cpu")], [_Device("gpu")]
+  assert conv.resolve_kernels("auto") == "onednn"  # One CPU device, fp32, the kernel prepared.
+  assert conv.prepare_kernels("auto", cpu) == "conv kernels: onednn (auto: one CPU device, oneDNN ready)"
   assert conv.resolve_kernels("auto", jnp.bfloat16) == "taps"
+  assert conv.check_kernels("auto", cpu, "bfloat16") == (
+      "conv kernels: taps (auto: a bfloat16 model; oneDNN's kernels are fp32)")
+  assert conv.check_kernels("auto", cpu * 8) == "conv kernels: taps (auto: 8 CPU devices; oneDNN runs on one)"
+  assert conv.check_kernels("auto", gpu) == "conv kernels: xla (auto: gpu backend)"
+  assert conv.check_kernels("taps", cpu * 8) == "conv kernels: taps (model.conv_kernels)"
   assert conv.resolve_kernels("xla") == "xla"
   with pytest.raises(ValueError, match="conv_kernels='onednn' cannot run: its kernels are fp32 and the model is bfloat16"):
     conv.resolve_kernels("onednn", jnp.bfloat16)
+  with pytest.raises(ValueError, match="unknown model.conv_kernels 'fast'"):
+    conv.check_kernels("fast", cpu)
   # Without the wheels (or a compiler): "auto" falls back to the tap matmuls, "onednn" says how to get them.
-  monkeypatch.setattr(onednn, "_register", lambda: "no C++ compiler found to build the kernel: install g++")
+  monkeypatch.setattr(onednn, "ready", lambda: False)
+  monkeypatch.setattr(onednn, "prepare", lambda: "no C++ compiler found to build the kernel: install g++")
   assert conv.resolve_kernels("auto") == "taps"
+  assert conv.check_kernels("auto", cpu) == (
+      "conv kernels: taps (auto: oneDNN not built yet; conv.prepare_kernels builds it)")
+  assert conv.prepare_kernels("auto", cpu) == (
+      "conv kernels: taps (auto: oneDNN unavailable: no C++ compiler found to build the kernel: install g++)")
   with pytest.raises(ValueError, match=r"cannot run: no C\+\+ compiler found .* install g\+\+; or set model.conv_kernels to 'taps'"):
     conv.resolve_kernels("onednn")
+
+
+def test_explicit_onednn_on_several_devices_or_another_backend_is_a_one_line_error():
+  with pytest.raises(ValueError) as error:
+    conv.check_kernels("onednn", [_Device("cpu")] * 8)
+  assert str(error.value) == "model.conv_kernels='onednn' runs on one CPU device, this run has 8: use 'auto' or 'taps'"
+  with pytest.raises(ValueError, match="^model.conv_kernels='onednn' runs on the CPU backend, this run is on gpu: "
+                                       "use 'auto' or 'xla'$"):
+    conv.prepare_kernels("onednn", [_Device("gpu")])
+
+
+def test_kernel_lines_read_the_model_config_and_its_old_option_name():
+  cpu = [_Device("cpu")]
+  assert conv.check_kernels({"name": "r3d", "width": 0.25}, cpu) == (
+      "conv kernels: xla (the backbone has no model.conv_kernels)")
+  assert conv.check_kernels({"name": "convnet", "conv_weight_grad": "taps"}, cpu) == (
+      "conv kernels: taps (model.conv_kernels)")
+  assert conv.check_kernels({"name": "convnet", "dtype": "bfloat16"}, cpu) == (
+      "conv kernels: taps (auto: a bfloat16 model; oneDNN's kernels are fp32)")
+  with pytest.raises(ValueError, match="^model.conv_kernels='onednn' runs on one CPU device, this run has 2"):
+    conv.check_kernels({"name": "resnet", "conv_kernels": "onednn"}, cpu * 2)
+
+
+def test_conv_kernels_are_a_runtime_setting_that_leaves_the_model_unchanged():
+  assert set(models.RUNTIME_KEYS) == {"conv_kernels", "conv_weight_grad"}
+  x = jnp.zeros((1, 16, 16, 3))
+  shapes = lambda config: jax.tree.map(jnp.shape, jax.eval_shape(  # noqa: E731
+      lambda: models.get_backbone(config).init(jax.random.PRNGKey(0), x, train=False)))
+  base = {"name": "convnet", "widths": (8, 8, 8)}
+  reference = shapes(base)
+  for extra in ({"conv_kernels": "xla"}, {"conv_kernels": "taps"}, {"conv_weight_grad": "xla"},
+                {"conv_weight_grad": "xla", "conv_kernels": "taps"}):
+    assert shapes(dict(base, **extra)) == reference
+  # Both names in one config (an old checkpoint's merged with today's defaults): the new name wins.
+  assert models.get_backbone(dict(base, conv_weight_grad="xla", conv_kernels="taps")).conv_kernels == "taps"
 
 
 def test_conv_module_is_a_drop_in_for_nn_conv():
@@ -94,6 +160,7 @@ def test_conv_module_is_a_drop_in_for_nn_conv():
     plain = nn.Conv(4, (3, 3), strides, padding="SAME", use_bias=False)
     params = plain.init(jax.random.PRNGKey(0), x)
     for kernels in RUNNABLE_KERNELS:
+      assert kernels != "onednn" or onednn.prepare() is None
       module = conv.Conv(4, (3, 3), strides, kernels=kernels)
       assert jax.tree.map(jnp.shape, module.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
       np.testing.assert_allclose(module.apply(params, x), plain.apply(params, x), rtol=1e-6, atol=1e-6)
@@ -119,6 +186,7 @@ def test_pointwise_module_is_a_drop_in_for_nn_dense():
   dense = nn.Dense(4, use_bias=False)
   params = dense.init(jax.random.PRNGKey(0), x)
   for kernels in RUNNABLE_KERNELS:
+    assert kernels != "onednn" or onednn.prepare() is None
     module = conv.Pointwise(4, kernels=kernels)
     own = module.init(jax.random.PRNGKey(0), x)
     # Same names, shapes and initial values: checkpoints of either load into the other.

@@ -6,51 +6,68 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslx import configs, models
+from sslx import configs, models, pretexts, run
 
 TINY_CONVNET = {"name": "convnet", "widths": (8, 16, 16), "kernel_sizes": (3, 3, 3)}
 
 
 def build(pretext, cfg, model_config=None):
   backbone = models.get_backbone(ml_collections.ConfigDict(model_config or TINY_CONVNET))
-  if hasattr(pretext, "model"):
-    return pretext.model(backbone, cfg)
-  return models.PretextModel(backbone=backbone, head=pretext.head(cfg))
+  return _contract(pretext).model(backbone, cfg)
+
+
+def _contract(pretext) -> pretexts.Pretext:
+  """A pretext module (as the tests import it) through the contract the trainer uses."""
+  return pretext if isinstance(pretext, pretexts.Pretext) else pretexts.get(
+      pretext.__name__[len("sslx.pretexts."):])
+
+
+class _FixedPseudoLabels:
+  """The pretext with one PRNG key for every step: the same pseudo-labels each step, so the
+  loss curve measures fitting, not the draw of new labels."""
+
+  def __init__(self, pretext, seed):
+    self._pretext, self._key = pretext, jax.random.PRNGKey(seed)
+    self.stateful, self.loss = pretext.stateful, pretext.loss
+
+  def make_inputs(self, rng, batch, cfg, *, state=None):
+    del rng
+    return self._pretext.make_inputs(self._key, batch, cfg, state=state)
 
 
 def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, model_config=None, seed=0,
                       state=None):
-  """Adam on one fixed batch (fixed pseudo-labels): the pretext loss at every step.
-
-  ``state``: a stateful pretext's explicit state, passed to ``make_inputs``.
-  """
-  model = build(pretext, cfg, model_config)
-  batch = jax.tree.map(jnp.asarray, batch)
-  extra = {} if state is None else {"state": state}
+  """Adam on one fixed batch (fixed pseudo-labels) through the trainer's own step
+  (sslx.run.make_train_step: standardisation, loss, gradient, update, non-finite guard): the
+  pretext loss at every step. ``batch`` holds RGB in [0, 1]; ``state``: a stateful pretext's
+  explicit state."""
+  contract = _contract(pretext)
+  model = build(contract, cfg, model_config)
+  key = "video" if "video" in batch else "image"
+  config = configs.base_video() if key == "video" else configs.base()
+  config.pretext = cfg
+  # The step reads uint8-range media (it divides by 255); float values keep the batch exact.
+  batch = {k: jnp.asarray(v) * (255.0 if k == key else 1) for k, v in batch.items()}
+  batch.setdefault("index", jnp.arange(batch[key].shape[0], dtype=jnp.int32))
+  fixed = _FixedPseudoLabels(contract, seed)
+  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
   # Jitted, as in training: un-jitted pseudo-label makers and inits run op by op, slowly.
-  inputs, targets = jax.jit(lambda rng, b: pretext.make_inputs(rng, b, cfg, **extra))(
-      jax.random.PRNGKey(seed), batch)
-  variables = jax.jit(lambda rng, x: model.init(rng, x, train=False))(jax.random.PRNGKey(seed), inputs)
-  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  inputs, _ = jax.jit(lambda b: fixed.make_inputs(None, dict(b, **{key: b[key] / 255.0}), cfg, state=state))(batch)
+  variables = jax.jit(lambda rng, x: model.init(rng, run.standardize_inputs(x, mean, std), train=False))(
+      jax.random.PRNGKey(seed), inputs)
+  params = variables["params"]
   tx = optax.adam(learning_rate)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, batch_stats, opt_state):
-    def loss_fn(p):
-      (out, _), upd = model.apply({"params": p, "batch_stats": batch_stats}, inputs, train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(seed + 1)})
-      value, metrics = pretext.loss(out, targets, cfg=cfg)
-      return value, (metrics, upd["batch_stats"])
-    (value, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, value, metrics
-
+  train_state = run.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                               rng=jax.random.PRNGKey(seed + 1), pretext_state=state if state is not None else {})
+  step = jax.jit(run.make_train_step(config, model, fixed, tx, optax.constant_schedule(learning_rate)))
   values, metrics = [], None
   for _ in range(steps):
-    params, batch_stats, opt_state, value, metrics = step(params, batch_stats, opt_state)
-    values.append(float(value))
-  return values, jax.device_get(metrics)
+    train_state, metrics = step(train_state, batch)
+    values.append(float(metrics["loss"]))
+  # The pretext's own metrics; the step adds the loss, learning rate, gradient norm and guard.
+  own = {k: v for k, v in metrics.items() if k not in ("loss", "learning_rate", "grad_norm", "nonfinite")}
+  return values, jax.device_get(own)
 
 
 def experiment_config(pretext_cfg, *, image_size, num_frames=None):

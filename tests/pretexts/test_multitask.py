@@ -19,7 +19,7 @@ def mixed_cfg():
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("multitask") is multitask
+  assert pretexts.get("multitask").module is multitask
 
 
 def test_loss_is_the_weighted_sum_of_single_task_losses(sample_images):
@@ -100,3 +100,32 @@ def test_task_errors_point_at_the_tasks_own_fields():
     multitask.validate(steps.experiment_config(cfg, image_size=32))
   with pytest.raises(ValueError, match=r"multitask task 'jigsaw' .*jigsaw cuts images.*video section"):
     multitask.validate(steps.experiment_config(mixed_cfg(), image_size=32, num_frames=8))
+
+
+def _with_task(name, **overrides):
+  cfg = mixed_cfg()
+  cfg.tasks.extra = multitask.task(name, **overrides) if name != "multitask" else multitask.default_config()
+  return cfg
+
+
+@pytest.mark.parametrize("name,why", [
+    ("multitask", r"'extra' is itself a multitask"),
+    ("video.opn", r"'extra' \(video.opn\) is a video pretext"),
+    ("image.deepcluster", r"'extra' \(image.deepcluster\) is stateful"),
+    ("image.colorization", r"'extra' \(image.colorization\) is stateful"),
+    ("supervised", r"'extra' \(supervised\) is not combinable")])
+def test_validate_refuses_tasks_it_cannot_combine_in_one_line(name, why):
+  cfg = _with_task(name)
+  with pytest.raises(ValueError, match=why) as error:
+    multitask.validate(steps.experiment_config(cfg, image_size=32))
+  assert "\n" not in str(error.value)
+  # The same error, not a trace-time failure, where the trainer would build the step.
+  with pytest.raises(ValueError, match=why):
+    multitask.make_inputs(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 32, 32, 3))}, cfg)
+
+
+def test_validate_refuses_a_pretext_that_says_it_is_not_combinable(monkeypatch):
+  monkeypatch.setattr(rotation, "combinable", False, raising=False)
+  with pytest.raises(ValueError, match=r"task 'rotation' \(image.rotation\) is not combinable .*"
+                                       r"remove pretext.tasks.rotation"):
+    multitask.validate(steps.experiment_config(mixed_cfg(), image_size=32))

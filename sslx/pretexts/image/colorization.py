@@ -50,6 +50,7 @@ import numpy as np
 
 from sslx import augment, losses, models
 from sslx.models.layers import ConvBN
+from sslx.montage import montage
 
 GRID = 10  # ab bin spacing.
 NUM_BINS = 313
@@ -322,7 +323,7 @@ def validate(config) -> None:
                      f"temperature {cfg.temperature} positive: Zhang et al. use 0.5 and 0.38")
 
 
-def make_inputs(rng, batch, cfg, state=None):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["image"]`` (B, H, W, 3) in [0, 1] -> ({"lightness"}, {"soft_ab", "weights"})."""
   del rng  # Deterministic: the targets are the image's own colours.
   images = batch["image"]
@@ -415,9 +416,8 @@ def colorize(images, logits, temperature: float = 0.38):
   return jnp.clip(lab_to_rgb(jnp.concatenate([lightness, ab], axis=-1)), 0.0, 1.0)
 
 
-def pictures(predict, images, *, rng, cfg):
+def pictures(predict, images, *, rng, cfg, state=None, train_images=None):
   """One row per image: original | L only (grey) | colorized (annealed mean, T = cfg.temperature)."""
-  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, _ = make_inputs(rng, {"image": images}, cfg)
   coloured = colorize(images, predict(inputs), cfg.temperature)

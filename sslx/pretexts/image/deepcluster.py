@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from sslx import augment, losses
-from sslx.evaluate.montage import montage
+from sslx.montage import montage
 
 # The top layer, re-initialised after each clustering (a key path into the params).
 reinit_params = (("head", "classifier"),)
@@ -276,7 +276,7 @@ def backbone_input(images, cfg):
   return sobel(images) if cfg.sobel else None
 
 
-def make_inputs(rng, batch, cfg, state=None):
+def make_inputs(rng, batch, cfg, *, state=None):
   """Images (Sobel-filtered by default) and their current cluster as the label."""
   del rng
   images = batch["image"]
@@ -322,8 +322,7 @@ def model(backbone, cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   logits, labels = outputs["logits"], targets["label"]
-  return losses.softmax_xent(logits=logits, labels=labels), {
-      "accuracy": losses.accuracy(logits=logits, labels=labels)}
+  return losses.classification(logits=logits, labels=labels)
 
 
 picture_images = 5000  # Without a state: enough test images for ~10 per cluster at k = 500.

@@ -36,6 +36,7 @@ import numpy as np
 
 from sslx import losses
 from sslx.models.decoder import Decoder, EncoderDecoder
+from sslx.montage import montage
 
 CORRUPTIONS = ("gaussian", "masking", "salt_pepper")
 
@@ -108,7 +109,7 @@ def corrupt(rng, images, cfg):
   raise ValueError(f"denoising: unknown corruption {cfg.corruption!r}: use one of {CORRUPTIONS}")
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """-> ({"image": corrupted}, {"image": the clean image, "corrupted": which values were changed})."""
   images = batch["image"]
   corrupted, chosen = corrupt(rng, images, cfg)
@@ -144,9 +145,8 @@ def loss(outputs, targets, *, cfg):
   return losses.sigmoid_xent(logits=outputs["logits"], labels=clean) / per_value, metrics
 
 
-def pictures(predict, images, *, rng, cfg):
+def pictures(predict, images, *, rng, cfg, state=None, train_images=None):
   """One row per image: original | corrupted | reconstruction."""
-  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, _ = make_inputs(rng, {"image": images}, cfg)
   reconstruction = predict(inputs)["reconstruction"]

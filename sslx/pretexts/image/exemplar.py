@@ -104,7 +104,7 @@ def augment_copies(rng, images, cfg):
   return augment.hsv_to_rgb(jnp.concatenate([hue[..., None], sat_val], -1))
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   images = batch["image"]
   copies = jnp.repeat(images, cfg.copies, axis=0)
   inputs = augment_copies(rng, copies, cfg)
@@ -138,8 +138,7 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   labels = targets["label"]
   if cfg.mode == "classes":
-    return losses.softmax_xent(logits=outputs, labels=labels), {
-        "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+    return losses.classification(logits=outputs, labels=labels)
   value = losses.triplet_semihard(embeddings=outputs, labels=labels, margin=cfg.margin)
   # Retrieval accuracy: is each copy's nearest other embedding a copy of the same image?
   similarity = outputs @ outputs.T - 2.0 * jnp.eye(outputs.shape[0])

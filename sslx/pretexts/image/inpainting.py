@@ -7,9 +7,14 @@ Encoders: Feature Learning by Inpainting", CVPR 2016; official code pathak22/con
   itself, then a stride-1 convolution across channels), so that every decoder
   unit can reason about the whole image; there are no skip connections, which
   would let the decoder copy the context instead of understanding it.
-- Dropped pixels are filled with the mean colour (the official code writes the
-  ImageNet mean into the hole); here ``cfg.fill``, the dataset mean in [0, 1]
-  RGB, which the trainer's standardisation turns into zeros.
+- Dropped pixels are filled with the dataset's mean colour (the official code
+  writes the ImageNet mean into the hole), which the trainer's standardisation
+  turns into zeros. ``make_inputs`` sees only the pretext's settings, so the
+  colour is the explicit ``cfg.fill`` (RGB in [0, 1]): experiment configs set it
+  from ``c.normalize.mean``, and ``validate`` refuses a config whose ``fill`` is
+  not its ``normalize.mean`` (e.g. an ImageNet-normalised config left at the
+  default, ``configs.base()``'s CIFAR-10 mean), so no run fills holes with
+  another dataset's mean.
 - Masks: "central", a centred square of half the side (1/4 of the area);
   "random_block", several smaller, possibly overlapping rectangles covering
   up to 1/4 of the image; "random_region", arbitrary shapes covering about 1/4.
@@ -53,6 +58,7 @@ import numpy as np
 from sslx import losses
 from sslx.data import image_ops
 from sslx.models.decoder import Decoder
+from sslx.montage import montage
 
 MASKS = ("central", "random_block", "random_region")
 
@@ -66,7 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.block_size_range = (0.125, 0.375)  # Random block sides, fractions of the image side.
   cfg.max_blocks = 16  # Candidate blocks per image; each is kept if the union stays <= coverage.
   cfg.region_cells = 4  # Random regions: noise grid cells across the image (larger: smaller blobs).
-  cfg.fill = image_ops.CIFAR10_MEAN  # Colour of the dropped pixels, RGB in [0, 1].
+  # Colour of the dropped pixels, RGB in [0, 1]: the dataset mean, config.normalize.mean (validate
+  # checks); this default is configs.base()'s.
+  cfg.fill = image_ops.CIFAR10_MEAN
   cfg.overlap = 0  # Pixels of context around the hole also reconstructed (paper: 7 at 227 px).
   cfg.overlap_weight = 10.0
   # Decoder (sslx/models/decoder.py): from the deepest block, no skips.
@@ -85,8 +93,18 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config) -> None:
-  """Before compilation: the mask fits the image and its settings make sense."""
+  """Before compilation: the hole's colour is the dataset mean, the mask fits the image and its
+  settings make sense."""
   cfg, size = config.pretext, config.image_size
+  fill = np.asarray(cfg.fill, np.float64)
+  if fill.shape != (3,) or not ((0.0 <= fill) & (fill <= 1.0)).all():
+    raise ValueError(f"inpainting: fill {cfg.fill} is not an RGB colour in [0, 1]: set "
+                     f"--config.pretext.fill to the dataset mean, config.normalize.mean")
+  normalize = config.get("normalize")
+  if normalize is not None and not np.allclose(fill, normalize.mean, rtol=0.0, atol=1e-6):
+    raise ValueError(f"inpainting: fill {tuple(cfg.fill)} is not the dataset mean, normalize.mean "
+                     f"{tuple(normalize.mean)}: set --config.pretext.fill='{tuple(normalize.mean)}' "
+                     f"(in a config file: c.pretext.fill = c.normalize.mean)")
   if cfg.mask not in MASKS:
     raise ValueError(f"inpainting: unknown mask {cfg.mask!r}: use one of {MASKS}")
   if cfg.overlap < 0:
@@ -195,7 +213,7 @@ def loss_weights(mask, overlap: int, overlap_weight: float):
   return hole + overlap_weight * (grown - hole)
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """-> ({"image": masked image [, "real", "mask" for the discriminator]},
          {"image": the clean image, "mask": (B, H, W, 1), "loss_weights": (B, H, W, 1)})."""
   images = batch["image"]
@@ -299,10 +317,9 @@ def loss(outputs, targets, *, cfg):
   return total, metrics
 
 
-def pictures(predict, images, *, rng, cfg):
+def pictures(predict, images, *, rng, cfg, state=None, train_images=None):
   """One row per image: original | masked (as the network sees it) | inpainted (the
   prediction in the hole, the context elsewhere)."""
-  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, targets = make_inputs(rng, {"image": images}, cfg)
   reconstruction = predict(inputs)["reconstruction"]

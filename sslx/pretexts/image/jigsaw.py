@@ -194,7 +194,7 @@ def cut_tiles(rng, images, cfg):
   return tiles.reshape((batch, cells) + tiles.shape[1:])
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """Cut, shuffle by a random permutation of the set, decorrelate colour, standardise."""
   images = batch["image"]
   perms = jnp.asarray(permutation_set(cfg.grid ** 2, cfg.num_permutations, cfg.permutation_seed,
@@ -212,10 +212,7 @@ def make_inputs(rng, batch, cfg):
   return {"image": inputs}, {"label": labels, "permutation": order}
 
 
-def unshuffle(shown, permutation):
-  """Inverse of the shuffle: ``shown (B, n, ...)`` back to raster order."""
-  inverse = jnp.argsort(permutation, axis=1)
-  return jnp.take_along_axis(shown, inverse.reshape(inverse.shape + (1,) * (shown.ndim - 2)), axis=1)
+unshuffle = augment.unshuffle  # The tests restore what the network was shown.
 
 
 # --- Head and loss. --------------------------------------------------------------------------
@@ -242,5 +239,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

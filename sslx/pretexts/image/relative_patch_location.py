@@ -124,7 +124,7 @@ def _prepare(rng, patches, cfg):
   return augment.standardize_patches(patches) if cfg.standardize else patches
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   images = batch["image"]
   batch_size, size = images.shape[0], images.shape[1]
   if images.shape[1] != images.shape[2]:
@@ -172,5 +172,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

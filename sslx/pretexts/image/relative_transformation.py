@@ -179,7 +179,7 @@ def bin_labels(params, num_bins: int):
   return jnp.clip(bins, 0, num_bins - 1)
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["image"]`` (B, H, W, C) -> ({"image": (B * 2, S, S, C)}, {"params", "matrix"})."""
   images = batch["image"]
   batch_size, height, width = images.shape[:3]

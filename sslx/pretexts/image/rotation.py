@@ -54,7 +54,7 @@ def rotate(images, k):
   return jnp.take_along_axis(all_rotations(images), k[:, None, None, None, None], axis=1)[:, 0]
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["image"]`` (B, H, W, C) -> ({"image": rotated}, {"label": k})."""
   images = batch["image"]
   if images.shape[1] != images.shape[2]:
@@ -87,5 +87,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  value = losses.softmax_xent(logits=outputs, labels=labels)
-  return value, {"accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

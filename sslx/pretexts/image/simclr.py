@@ -40,8 +40,8 @@ import ml_collections
 import numpy as np
 
 from sslx import augment, losses
-from sslx.evaluate.montage import montage
 from sslx.models.layers import dense_bn_relu
+from sslx.montage import montage
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -114,7 +114,7 @@ def _two_views_each(rng, images, frozen_cfg):
   return augment_views(rng, jnp.repeat(images, 2, axis=0), frozen_cfg)
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["image"]`` (N, H, W, 3) -> ({"image": (2N, H, W, 3)}, {}): views of image i at 2i, 2i + 1."""
   return {"image": _two_views_each(rng, batch["image"], ml_collections.FrozenConfigDict(cfg))}, {}
 
@@ -163,7 +163,7 @@ def loss(outputs, targets, *, cfg):
   return value, {"accuracy": contrastive_accuracy(a, b)}
 
 
-def pictures(predict, images, *, rng, cfg):
+def pictures(predict, images, *, rng, cfg, state=None, train_images=None):
   """Two grids over real images: ``views``, one row per image [original | view a | view b]
   (the augmentations the network must see through), and ``matches``, one row per image
   [view a | the view b the model ranks most similar among all images' | the true view b]."""

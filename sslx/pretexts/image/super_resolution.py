@@ -42,6 +42,7 @@ import numpy as np
 
 from sslx import losses
 from sslx.models.decoder import Decoder, EncoderDecoder
+from sslx.montage import montage
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -115,7 +116,7 @@ def perceptual_params(cfg):
   return net.init(jax.random.PRNGKey(cfg.perceptual_seed), jnp.zeros((1, 8, 8, 3)))["params"]
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """-> ({"image": bicubic-upsampled low-res image}, {"image": the clean image
   [, "perceptual_params": the frozen loss network's weights]})."""
   del rng  # Deterministic degradation.
@@ -162,9 +163,8 @@ def loss(outputs, targets, *, cfg):
   return pixel + cfg.perceptual_weight * feature, metrics
 
 
-def pictures(predict, images, *, rng, cfg):
+def pictures(predict, images, *, rng, cfg, state=None, train_images=None):
   """One row per image: original | low resolution (bicubic back to full size) | reconstruction."""
-  from sslx.evaluate.montage import montage
   images = jnp.asarray(images, jnp.float32)
   inputs, _ = make_inputs(rng, {"image": images}, cfg)
   reconstruction = predict(inputs)["reconstruction"]

@@ -66,7 +66,7 @@ def validate(config) -> None:
     raise ValueError(_too_short(cfg, config.video.num_frames))
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["video"]`` (B, T, H, W, 3) -> ({"video": clips, some reversed}, {"label", "start"})."""
   video = batch["video"]
   batch_size, num_frames = video.shape[:2]
@@ -100,5 +100,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

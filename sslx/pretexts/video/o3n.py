@@ -154,7 +154,7 @@ def sample_positions(rng, batch_size: int, num_elements: int, element_frames: in
   return jnp.sort(jnp.argsort(noise, axis=-1)[..., :element_frames], axis=-1).astype(jnp.int32)
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["video"]`` (B, T, H, W, 3) -> ({"image": dynamic images}, {"label", "positions"})."""
   video = batch["video"].astype(jnp.float32)
   batch_size, num_frames = video.shape[:2]
@@ -220,5 +220,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

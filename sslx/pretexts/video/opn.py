@@ -134,10 +134,7 @@ def sample_orders(rng, batch_size: int, n: int):
   return labels, jnp.where(reverse, orders[:, ::-1], orders)
 
 
-def unshuffle(shown, order):
-  """Inverse of the shuffle: ``shown (B, n, ...)`` back to temporal order."""
-  inverse = jnp.argsort(order, axis=1)
-  return jnp.take_along_axis(shown, inverse.reshape(inverse.shape + (1,) * (shown.ndim - 2)), axis=1)
+unshuffle = augment.unshuffle  # The tests restore what the network was shown.
 
 
 # --- Frames and crops. -----------------------------------------------------------------------
@@ -172,7 +169,7 @@ def split_channels(rng, frames):
   return jnp.repeat(kept, frames.shape[-1], axis=-1)
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["video"]`` (B, T, H, W, 3) -> the jittered, split, shuffled frames on the batch axis."""
   video = batch["video"]
   batch_size, num_frames, height, width, channels = video.shape
@@ -222,5 +219,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

@@ -138,7 +138,7 @@ def make_tuples(rng, batch_size: int, num_frames: int, cfg):
   return {"positions": positions, "frames": frames, "label": (~negative).astype(jnp.int32)}
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["video"]`` (B, T, H, W, 3) -> three frames per example on the batch axis."""
   video = batch["video"]
   batch_size, num_frames = video.shape[:2]
@@ -172,5 +172,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

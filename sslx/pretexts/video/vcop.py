@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sslx import losses
+from sslx import augment, losses
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -92,7 +92,7 @@ def orders(n: int) -> np.ndarray:
   return _orders(n).copy()
 
 
-def make_inputs(rng, batch, cfg):
+def make_inputs(rng, batch, cfg, *, state=None):
   """``batch["video"]`` (B, T, H, W, 3) -> ({"video": shuffled clips}, {"label", "order", "start"})."""
   video = batch["video"]
   batch_size, num_frames = video.shape[:2]
@@ -109,10 +109,7 @@ def make_inputs(rng, batch, cfg):
       "label": label, "order": order, "start": start}
 
 
-def unshuffle(shown, order):
-  """Inverse of the shuffle: ``shown (B, K, ...)`` back to temporal order."""
-  inverse = jnp.argsort(order, axis=1)
-  return jnp.take_along_axis(shown, inverse.reshape(inverse.shape + (1,) * (shown.ndim - 2)), axis=1)
+unshuffle = augment.unshuffle  # The tests restore what the network was shown.
 
 
 # --- Head and loss. --------------------------------------------------------------------------
@@ -148,5 +145,4 @@ def head(cfg) -> nn.Module:
 def loss(outputs, targets, *, cfg):
   del cfg
   labels = targets["label"]
-  return losses.softmax_xent(logits=outputs, labels=labels), {
-      "accuracy": losses.accuracy(logits=outputs, labels=labels)}
+  return losses.classification(logits=outputs, labels=labels)

@@ -20,7 +20,7 @@ def _images(sample_images, n):
 
 
 def test_found_by_name_with_stateful_contract():
-  module = pretexts.get("image.colorization")
+  module = pretexts.get("image.colorization").module
   assert module is colorization
   for name in ("init_state", "collect", "update_state", "update_interval", "model", "backbone_input",
                "validate", "pictures"):
@@ -155,7 +155,7 @@ def test_greyscale_data_is_refused(sample_images):
   config = ml_collections.ConfigDict({"pretext": cfg, "image_size": 32, "dataset": "tfds:mnist"})
   with pytest.raises(ValueError, match=r"dataset tfds:mnist is greyscale.*train colorization on colour"):
     colorization.validate(config)
-  config.dataset = "folder:../shared/data/cifar10"
+  config.dataset = "folder:cifar10"
   colorization.validate(config)
   config.pretext.prediction_stride = 3
   with pytest.raises(ValueError, match=r"prediction_stride 3 does not divide image_size 32"):

@@ -28,7 +28,7 @@ def _make(cfg, images, seed=0):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.denoising") is denoising
+  assert pretexts.get("image.denoising").module is denoising
 
 
 @pytest.mark.parametrize("unit", ["pixel", "element"])

@@ -10,7 +10,7 @@ from tests.pretexts import steps
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.exemplar") is exemplar
+  assert pretexts.get("image.exemplar").module is exemplar
 
 
 def test_surrogate_classes_are_source_indices_and_head_has_n_classes(sample_images):

@@ -22,7 +22,7 @@ def _cfg(**overrides):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.inpainting") is inpainting
+  assert pretexts.get("image.inpainting").module is inpainting
 
 
 def test_central_mask_is_the_centred_half_side_square_filled_with_the_mean(sample_images):
@@ -166,4 +166,33 @@ def test_validate_region_cells_and_blocks():
     inpainting.validate(config)
   config = steps.experiment_config(_cfg(output_size=16), image_size=32)
   with pytest.raises(ValueError, match=r"output_size 16 differs from image_size 32"):
+    inpainting.validate(config)
+
+
+def test_validate_requires_the_fill_to_be_the_configs_dataset_mean():
+  from sslx.data import image_ops
+  config = steps.experiment_config(_cfg(), image_size=32)
+  inpainting.validate(config)  # configs.base() normalises with CIFAR-10's mean, the default fill.
+  config.normalize.mean = image_ops.IMAGENET_MEAN
+  with pytest.raises(ValueError, match=r"fill .* is not the dataset mean, normalize.mean .*"
+                                       r"set --config.pretext.fill=.*c.pretext.fill = c.normalize.mean"):
+    inpainting.validate(config)
+  config.pretext.fill = config.normalize.mean
+  inpainting.validate(config)
+  inputs, targets = inpainting.make_inputs(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 32, 32, 3))},
+                                           config.pretext)
+  hole = np.asarray(targets["mask"])[..., 0] > 0
+  np.testing.assert_allclose(np.asarray(inputs["image"])[hole],
+                             np.broadcast_to(image_ops.IMAGENET_MEAN, (hole.sum(), 3)), rtol=1e-6)
+  config.pretext.fill = (0.5, 0.5)
+  with pytest.raises(ValueError, match=r"fill \(0.5, 0.5\) is not an RGB colour in \[0, 1\]"):
+    inpainting.validate(config)
+
+
+def test_experiment_config_fills_with_its_normalize_mean():
+  from sslx import configs
+  from tests.conftest import REPO
+  for arg in (None, "quick"):
+    config = configs.load(REPO / "experiments" / "inpainting_convnet_cifar10.py", arg)
+    assert tuple(config.pretext.fill) == tuple(config.normalize.mean)
     inpainting.validate(config)

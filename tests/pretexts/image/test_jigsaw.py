@@ -21,7 +21,7 @@ def small_cfg(**overrides):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.jigsaw") is jigsaw
+  assert pretexts.get("image.jigsaw").module is jigsaw
 
 
 @pytest.mark.parametrize("size,criterion", [(100, "maxmin"), (1000, "maxmin"), (100, "mean")])

@@ -26,7 +26,7 @@ def coordinate_images(batch, size):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.relative_patch_location") is rpl
+  assert pretexts.get("image.relative_patch_location").module is rpl
 
 
 def test_label_order_is_raster_around_the_centre():

@@ -73,7 +73,7 @@ def _apply(matrix, points):
 
 
 def test_found_by_name_with_contract():
-  module = pretexts.get("image.relative_transformation")
+  module = pretexts.get("image.relative_transformation").module
   assert module is rt
   for name in pretexts.REQUIRED:
     assert callable(getattr(module, name))

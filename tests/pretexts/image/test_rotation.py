@@ -10,7 +10,7 @@ from tests.pretexts import steps
 
 
 def test_found_by_name_with_contract():
-  module = pretexts.get("image.rotation")
+  module = pretexts.get("image.rotation").module
   assert module is rotation
   for name in pretexts.REQUIRED:
     assert callable(getattr(module, name))

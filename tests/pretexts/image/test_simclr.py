@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslx import configs, pretexts, train
+from sslx import configs, pretexts, run
 from sslx.pretexts.image import simclr
 from tests.pretexts import steps
 
@@ -15,7 +15,7 @@ def _batch(sample_images, n):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.simclr") is simclr
+  assert pretexts.get("image.simclr").module is simclr
 
 
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
@@ -107,7 +107,7 @@ def test_pictures_show_original_and_both_views(sample_images):
   normalize = configs.base().normalize
 
   def predict(x):
-    standardized = train.standardize_inputs(x, tuple(normalize.mean), tuple(normalize.std))
+    standardized = run.standardize_inputs(x, tuple(normalize.mean), tuple(normalize.std))
     return model.apply(variables, standardized, train=False)[0]
 
   out = simclr.pictures(predict, images, rng=jax.random.PRNGKey(3), cfg=cfg)

@@ -22,7 +22,7 @@ def _cfg(**overrides):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("image.super_resolution") is sr
+  assert pretexts.get("image.super_resolution").module is sr
 
 
 @pytest.mark.parametrize("factor", [2, 4])

@@ -14,7 +14,7 @@ from tests.pretexts.video.test_vcop import TINY_R3D, indexed_video
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("video.arrow_of_time") is arrow_of_time
+  assert pretexts.get("video.arrow_of_time").module is arrow_of_time
 
 
 def test_reversed_clips_are_exactly_the_frames_reversed():

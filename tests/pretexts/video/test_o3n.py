@@ -33,7 +33,7 @@ def config_with(num_frames, **pretext):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("video.o3n") is o3n
+  assert pretexts.get("video.o3n").module is o3n
 
 
 def test_nth_permutation_is_itertools_order():
@@ -116,13 +116,14 @@ def test_evaluation_input_is_the_dynamic_image_of_every_run_of_frames():
 
 def test_video_features_of_a_2d_backbone_go_through_the_clip_input():
   from sslx import configs, models
+  from sslx import run
   from sslx.evaluate import common
   config = configs.base_video()
   config.pretext = o3n.default_config()
   backbone = models.get_backbone(ml_collections.ConfigDict(steps.TINY_CONVNET))
   clips = (255 * moving_squares(2, 8, 16, seed=7)).astype(jnp.uint8)  # (B, T, H, W, 3)
   variables = backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
-  to_input, clip_fn = common.backbone_input_fn(config), common.clip_input_fn(config)
+  to_input, clip_fn = run.backbone_input_fn(config), run.clip_input_fn(config)
   with_dynamic = common.video_feature_fn(backbone, to_input, 64, clip_fn=clip_fn)(variables, clips)
   # The same features by hand: dynamic images of the 3 runs of 6 frames, encoded, meaned over runs.
   dynamic = 255.0 * o3n.clip_input(clips.astype(jnp.float32) / 255.0, config.pretext)

@@ -21,7 +21,7 @@ def small_cfg(**overrides):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("video.opn") is opn
+  assert pretexts.get("video.opn").module is opn
   assert opn.default_config().name == "video.opn"
 
 

@@ -25,7 +25,7 @@ def counting_video(batch, frames, size=8):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("video.shuffle_and_learn") is sal
+  assert pretexts.get("video.shuffle_and_learn").module is sal
   assert sal.default_config().name == "video.shuffle_and_learn"
 
 

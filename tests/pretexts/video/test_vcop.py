@@ -31,7 +31,7 @@ def indexed_video(batch, frames, size=2):
 
 
 def test_found_by_name_with_contract():
-  assert pretexts.get("video.vcop") is vcop
+  assert pretexts.get("video.vcop").module is vcop
 
 
 def test_orders_are_itertools_permutations():

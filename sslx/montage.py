@@ -1,4 +1,4 @@
-"""Image grids for pictures: plain numpy, importable from pretext modules at no cost."""
+"""Image grids for pictures: plain numpy at the bottom layer, so pretexts and evaluate/ both use it."""
 
 from __future__ import annotations
 
