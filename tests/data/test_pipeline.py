@@ -3,6 +3,7 @@ import logging
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 from PIL import Image
 
 from sslx.data import image_ops, pipeline, sources
@@ -176,8 +177,14 @@ def test_images_smaller_than_the_crop_are_upscaled_counted_and_named(tmp_path, c
   # counted the same way but logged at INFO, not as a warning.
   asked = pipeline.Preprocess(image_size=40, resize_size=40, train=False)
   caplog.clear()
-  with caplog.at_level(logging.INFO):
-    out = asked(dict(source[0], index=0))
+  # absl drops INFO records below its own verbosity, which an earlier CLI test may have set to WARNING.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    with caplog.at_level(logging.INFO):
+      out = asked(dict(source[0], index=0))
+  finally:
+    absl_logging.set_verbosity(verbosity)
   assert out["image"].shape == (40, 40, 3) and asked.upscaled_files == {0}
   assert [r.levelno for r in caplog.records if "smaller than" in r.getMessage()] == [logging.INFO]
   exact = pipeline.Preprocess(image_size=32, train=False)
