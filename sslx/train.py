@@ -43,8 +43,10 @@ def init_from_checkpoint(state, config):
     raise ValueError(f"the backbone in {config.init_from} is not this config's model.backbone "
                      f"({loaded.config.model.to_dict()} vs {config.model.to_dict()}): fine-tune with the "
                      f"model settings it was trained with")
-  params = dict(state.params, backbone=loaded.variables["params"])
-  batch_stats = dict(state.batch_stats, backbone=loaded.variables["batch_stats"])
+  # Through the host: the restored arrays live on this process's devices, the state on the mesh.
+  backbone = jax.device_get(loaded.variables)
+  params = dict(state.params, backbone=backbone["params"])
+  batch_stats = dict(state.batch_stats, backbone=backbone["batch_stats"])
   return state.replace(params=params, batch_stats=batch_stats), loaded.step
 
 
