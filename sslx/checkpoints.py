@@ -26,7 +26,8 @@ from sslx import models, run
 # run-time settings (models.RUNTIME_KEYS: which kernels run the convolutions) change neither.
 RESUME_KEYS = ("model", "pretext", "optimizer.name", "dataset", "train_examples", "image_size",
                "batch_size", "seed", "video.fps", "video.num_frames", "video.frame_stride",
-               "video.sampling", "video.test_every", "test_every", "init_from")
+               "video.sampling", "video.test_every", "video.region", "audio.sample_rate",
+               "audio.margin_seconds", "test_every", "init_from")
 # Keys added after checkpoints were written without them: their value then.
 RESUME_DEFAULTS = {"test_every": 4}
 

@@ -99,6 +99,11 @@ def base_video() -> ml_collections.ConfigDict:
   c = base()
   c.dataset = "folder:egogestar"  # In the data directory (sslx/data/sources.py).
   del c["test_every"]  # Clip folders split by video.test_every.
+  # Labels of a folder: dataset of clips from a CSV instead of its class folders (sslx/data/sources.py):
+  # the file (a relative path is looked up in the dataset folder, then in each folder above it up to
+  # the data directory) and the column to read. None: the class folders' labels.
+  c.label_file = ml_collections.config_dict.placeholder(str)
+  c.label_column = ml_collections.config_dict.placeholder(str)
   c.video = ml_collections.ConfigDict({
       "fps": 10.0,
       "num_frames": 8,  # Frames delivered per clip (the pretext says how many it needs).
@@ -111,6 +116,9 @@ def base_video() -> ml_collections.ConfigDict:
       # tfds: video datasets whose records carry no timestamps: their frame rate (None: known
       # rates, UCF101 25 fps).
       "source_fps": ml_collections.config_dict.placeholder(float),
+      # (top, left, height, width) as fractions of the frame: only that box of every frame is kept,
+      # before resizing (None: the whole frame).
+      "region": ml_collections.config_dict.placeholder(tuple),
   })
   # AdamW, not base()'s SGD 0.1: runs of a few hundred steps on a CPU. With SGD the order tasks
   # stayed at chance for their whole budget (OPN, 480 steps: loss ln 12 throughout); AdamW at
@@ -135,6 +143,46 @@ def base_video() -> ml_collections.ConfigDict:
   # than the clips its backbone saw (VCOP: 3 clips of 16 frames, 8 apart, in a 64-frame window).
   c.evaluate.num_frames = ml_collections.config_dict.placeholder(int)
   c.evaluate.retrieval_k = (1, 5, 10, 20, 50)
+  # The evaluation's labels (probes, retrieval, fine-tuning's test): None keeps label_file /
+  # label_column, each on its own (evaluate.label_column=color reads the same file's colours);
+  # evaluate.label_file='' reads the class folders instead.
+  c.evaluate.label_file = ml_collections.config_dict.placeholder(str)
+  c.evaluate.label_column = ml_collections.config_dict.placeholder(str)
+  return c
+
+
+def base_av() -> ml_collections.ConfigDict:
+  """``base_video()`` plus sound (sslx/data/video.py delivers each frame window's audio), for
+  GRID talking faces on a CPU: 25 fps (GRID's native rate, so no frame is repeated or
+  dropped and a frame is 40 ms of audio), one frame per example, 16 kHz mono audio with 0.48 s
+  of margin on each side of the frame (1 s in all, L3-Net's window).
+  """
+  c = base_video()
+  c.dataset = "folder:grid_av/s1"  # Speaker 1; split by clip (video.test_every).
+  # GRID's labels: grid_av/labels.csv (found above s1/), its spoken command word (bin/lay/place/set).
+  # The shipped sample_av keeps its class folders (the same command words).
+  c.label_file = "labels.csv"
+  c.label_column = "command"
+  c.video.fps = 25.0
+  c.video.num_frames = 1
+  c.video.sampling = "random"  # Motion sampling ranks frame windows; one frame has no motion.
+  c.audio = ml_collections.ConfigDict({
+      "sample_rate": 16000,  # Mono, resampled on the host.
+      "margin_seconds": 0.48,  # Audio beyond the frame window on each side.
+  })
+  # sslx-sync: offsets searched either way, in frames (SyncNet's +-15); needs as much margin.
+  c.evaluate.max_offset_frames = 15
+  c.evaluate.temporal_segments = 1  # One-frame windows: nothing to split in time.
+  return c
+
+
+def quick_av(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Two steps of a tiny model on the embedded talking-face sample (sslx/data/sample_av)."""
+  c = quick_video(c)
+  c.dataset = "sample_av"
+  c.video.cache_mb = 128
+  if c.get("pretext") is not None and c.pretext.get("audio_model") is not None:
+    c.pretext.audio_model.width = 0.0625
   return c
 
 

@@ -27,7 +27,7 @@ import ml_collections
 from absl import flags
 
 from sslx import checkpoints, process, run, train
-from sslx.data import video
+from sslx.data import sources, video
 from sslx.evaluate import common
 from sslx.evaluate import finetune as finetune_test
 from sslx.models import conv
@@ -98,6 +98,8 @@ def training_config(config, cfg, *, dataset: str, data_dir: str | None, num_clas
     # Any window of the clip: motion-aware sampling serves pretexts, not labels.
     ft.video.sampling = "random"
     ft.video.num_frames = cfg.num_frames or config.evaluate.get("num_frames") or config.video.num_frames
+    # Trained on the labels the evaluation names (e.g. evaluate.label_column=color), not the run's.
+    ft.label_file, ft.label_column = sources.label_settings(config, evaluation=True)
   return ft
 
 

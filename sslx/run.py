@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import sslx
 from sslx import models, pretexts
-from sslx.data import image_ops, pipeline, video
+from sslx.data import image_ops, pipeline, sources, video
 
 
 @flax.struct.dataclass
@@ -93,18 +93,36 @@ def media_key(config) -> str:
 
 
 def example_batch(config, batch_size: int = 2) -> dict:
-  """Abstract batch as ``make_inputs`` receives it: RGB in [0, 1], source indices, labels."""
+  """Abstract batch as ``make_inputs`` receives it: RGB in [0, 1], source indices, labels, and
+  with sound (``config.audio``) the waveforms."""
   frames = (config.video.num_frames,) if media_key(config) == "video" else ()
   shape = (batch_size,) + frames + (config.image_size, config.image_size, 3)
-  return {media_key(config): jax.ShapeDtypeStruct(shape, jnp.float32),
-          "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  batch = {media_key(config): jax.ShapeDtypeStruct(shape, jnp.float32),
+           "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  if config.get("audio") is not None:
+    batch["audio"] = jax.ShapeDtypeStruct((batch_size, audio_length(config)), jnp.float32)
+  return batch
+
+
+def batch_keys(config) -> tuple[str, ...]:
+  """What the training step reads of a host batch: the media, source indices, labels, and
+  with sound (``config.audio``) the waveforms."""
+  return (media_key(config), "index", "label") + (("audio",) if config.get("audio") is not None else ())
+
+
+def audio_length(config) -> int:
+  """Samples of audio per example in a batch of a config with sound: the frame window's span
+  plus ``audio.margin_seconds`` on each side, at ``audio.sample_rate`` (sslx/data/video.py)."""
+  v, a = config.video, config.audio
+  span = (v.num_frames - 1) * v.frame_stride + 1
+  return int(round((span / v.fps + 2 * a.margin_seconds) * a.sample_rate))
 
 
 def make_preprocess(config, source, *, train: bool, num_clips: int = 1):
   """The host preprocessing for this config's media, checked against the source's kind
   (``num_clips``: clips per video at evaluation, spread evenly over it)."""
-  is_video_source = isinstance(source, (video.VideoFolderSource, video.TfdsVideoSource))
+  is_video_source = sources.holds_video(source)
   if media_key(config) == "video":
     if not is_video_source:
       raise ValueError(f"the config has a video section but dataset {config.dataset!r} holds images: "
@@ -166,7 +184,8 @@ def make_train_step(config, model, pretext, tx, schedule):
     # outputs standardised with the dataset's statistics, as evaluation does.
     key = media_key(config)
     media = batch[key].astype(jnp.float32) / 255.0
-    inputs, targets = pretext.make_inputs(rng, dict(batch, **{key: media}), config.pretext,
+    # ``step``: the training step, for pretexts with a curriculum (absent outside training).
+    inputs, targets = pretext.make_inputs(rng, dict(batch, **{key: media}, step=state.step), config.pretext,
                                           state=state.pretext_state if pretext.stateful else None)
     inputs = standardize_inputs(inputs, mean, std)
 
@@ -342,8 +361,12 @@ def check_config(config, mesh):
 def skipped_counts(preprocess) -> dict:
   """Examples the host dropped so far: distinct unreadable images, or clips by reason."""
   if isinstance(preprocess, video.VideoPreprocess):
-    return {"skipped_clips_short": preprocess.skipped_short,
-            "skipped_clips_unreadable": preprocess.skipped_unreadable}
+    counts = {"skipped_clips_short": preprocess.skipped_short,
+              "skipped_clips_unreadable": preprocess.skipped_unreadable}
+    if preprocess.audio_rate:
+      counts.update(skipped_clips_no_audio=preprocess.skipped_no_audio,
+                    skipped_clips_audio_short=preprocess.skipped_audio_short)
+    return counts
   return {"skipped_images": len(preprocess.skipped_files),
           "upscaled_images": len(preprocess.upscaled_files)}
 

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from sslx import checkpoints, cli, process, run
-from sslx.data import pipeline, sources, video
+from sslx.data import audio, pipeline, sources, video
 from sslx.models import conv
 
 
@@ -99,6 +99,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
       logging.warning("%d of %d clips are shorter than the %d-frame window and %d unreadable: "
                       "they are skipped.", clip_counts["short"], len(source), preprocess.span,
                       clip_counts["unreadable"])
+    if config.get("audio") is not None:  # Sound asked for: one line now if no clip has any.
+      sound_counts = audio.check_audio(source, name=config.dataset)
+      if sound_counts["no_audio"] and jax.process_index() == 0:
+        logging.warning("%d of %d clips have no audio track: they are skipped.", sound_counts["no_audio"],
+                        len(source))
 
   pretext, model = run.build_model(config)
   pretext.validate(config)  # Pretext-specific config checks, before any compilation.
@@ -189,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
   preemption = process.PreemptionNotice(config.get("preemption_grace_seconds", 30))
   watchdog = process.StepWatchdog(config.get("step_timeout_seconds", 0), workdir)
   preempted_at = None
-  key = run.media_key(config)
+  batch_keys = run.batch_keys(config)
   try:
     for step in range(start_step + 1, config.total_steps + 1):
       if run.refresh_due(pretext, config, step, num_examples):
@@ -209,8 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
         tick = time.perf_counter()  # Throughput counts training, not the refresh pass.
       local = next(data_iter)
       previous_metrics = metrics
-      state, metrics = train_step(state, pipeline.to_global(
-          {key: local[key], "index": local["index"], "label": local["label"]}, mesh))
+      state, metrics = train_step(state, pipeline.to_global({k: local[k] for k in batch_keys}, mesh))
       metric_sums = metrics if metric_sums is None else add_metrics(metric_sums, metrics)
       metric_steps += 1
       # One step in flight: the host prepares the next batch while the device

@@ -91,6 +91,15 @@ def trained_workdir(tmp_path_factory):
   return workdir, state, metrics
 
 
+@pytest.fixture(scope="session")
+def trained_av_workdir(tmp_path_factory):
+  """Two steps of L3-Net correspondence in quick mode (the shipped talking-face sample): its workdir."""
+  from sslx import train
+  workdir = str(tmp_path_factory.mktemp("av_run"))
+  train.train(tiny_config("correspondence_l3_grid.py"), workdir)
+  return workdir
+
+
 def train_until_killed(config, workdir, monkeypatch, *, kill_at_batch: int, batch_size=None):
   """Runs train.train and kills it while the ``kill_at_batch``-th training batch is assembled
   (counting only batches of ``batch_size`` rows when given, so other passes don't count)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sslx"
 
 LAYERS = {  # Module (or package) -> layer; a module imports only from its own layer or below.
-    "sslx.data": 0, "sslx.models": 0, "sslx.losses": 0, "sslx.augment": 0, "sslx.montage": 0,
+    "sslx.data": 0, "sslx.models": 0, "sslx.losses": 0, "sslx.augment": 0, "sslx.audio": 0, "sslx.montage": 0,
     "sslx.configs": 0, "sslx": 0,
     "sslx.pretexts": 1,
     "sslx.process": 2, "sslx.run": 2, "sslx.checkpoints": 2,

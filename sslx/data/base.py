@@ -5,11 +5,17 @@ it, it imports neither (so neither imports the other).
   class, files in sorted name order, every ``test_every``-th (the k-th, 2k-th,
   ...) is "test", the others "train". Deterministic and stratified, and the same
   for images and clips, so a folder reads the same way whatever it holds.
+- Labels from a CSV file (``labels_from_csv``): one row per file, a ``file`` column
+  holding its path relative to the CSV's folder, and any number of label columns. It
+  lets a flat folder (GRID's ``s1/*.mpg`` beside ``labels.csv``) be labeled by any of
+  its columns without moving a file.
 - ``TfdsSource``, the TFDS reader both kinds of record come through.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 from pathlib import Path
 
 
@@ -32,6 +38,49 @@ def take_split(items: list, split: str, test_every: int) -> list:
     raise ValueError(f"test_every is {test_every}, which leaves no training data: set it to 2 or more "
                      f"(every test_every-th file of a class is a test file)")
   return [x for i, x in enumerate(items) if (i % test_every == test_every - 1) == (split == "test")]
+
+
+FILE_COLUMN = "file"  # The label file's column naming each file, relative to the file's folder.
+
+
+def labels_from_csv(path: str | os.PathLike, column: str, root: Path, extensions: tuple[str, ...]
+                    ) -> dict[str, str]:
+  """{real path: value in ``column``} for each file the CSV ``path`` lists that lies under
+  ``root`` (at any depth), exists and has one of ``extensions``: the dataset's labeled files.
+
+  Rows are matched by their ``file`` column, a path relative to the CSV's folder
+  (``s1/bbaf2n.mpg`` beside ``s1/``); rows with an empty value leave their file unlabeled,
+  and a file listed twice keeps its first row. One-line errors: no such file, no such
+  column, no file of ``root`` listed.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"label file {path} does not exist: give the path of a CSV with a "
+                            f"'{FILE_COLUMN}' column and a label column")
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    rows = csv.DictReader(f)
+    columns = rows.fieldnames or []
+    listed = ", ".join(columns) or "none"
+    if FILE_COLUMN not in columns:
+      raise ValueError(f"label file {path} has no {FILE_COLUMN!r} column (columns: {listed}): add one holding "
+                       f"each file's path relative to {path.parent}")
+    if column not in columns:
+      raise ValueError(f"label file {path} has no column {column!r} (columns: {listed}): set label_column "
+                       f"to one of them")
+    table = [(row[FILE_COLUMN], row[column]) for row in rows]
+  top = os.path.realpath(root) + os.sep
+  out: dict[str, str] = {}
+  for name, value in table:
+    if not name or not value or not value.strip():
+      continue
+    real = os.path.realpath(path.parent / name.strip())
+    if real.startswith(top) and real not in out and real.lower().endswith(extensions) and os.path.isfile(real):
+      out[real] = value.strip()
+  if not out:
+    example = table[0][0] if table else "a/b.mp4"
+    raise ValueError(f"label file {path} labels none of the files under {root} (its '{FILE_COLUMN}' paths, "
+                     f"e.g. {example!r}, are relative to {path.parent}): give the label file of this dataset")
+  return out
 
 
 class TfdsSource:

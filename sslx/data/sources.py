@@ -4,6 +4,10 @@
   (sslx/data/sample), so the first run works offline anywhere.
 - ``sample_video``: 33 short egogestar gesture clips shipped in the package
   (sslx/data/sample_video, re-encoded small), for quick video runs.
+- ``sample_av``: 16 GRID speaker-1 clips with their speech (sslx/data/sample_av,
+  180x144 H.264 + AAC mono 16 kHz, sound aligned with the frames), classed by
+  the spoken command word (bin/lay/place/set), split by ``test_every`` (12 train
+  + 4 test at the default 4), for quick audio-visual runs.
 - ``folder:NAME``: a folder of the data directory (below), or any folder when
   NAME is absolute or starts with ``~``. Images (PNG or JPEG) as
   ``<split>/<class>/<image>``, or as ``<class>/<image>`` without split folders:
@@ -12,6 +16,18 @@
   follow too). Images lying directly in the split (or top) folder are read as
   unlabeled (label -1). A folder of video clips (``<class>/<clip>.mp4`` or
   ``<split>/<class>/<clip>``) is read by ``sslx.data.video.VideoFolderSource``.
+- Labels from a CSV, for a ``folder:`` dataset of clips: ``label_file`` (a CSV with a
+  ``file`` column, each clip's path relative to the CSV's folder) and ``label_column``
+  (the column to read, e.g. GRID's ``command`` or ``color``) replace the class folders'
+  labels; the clips and their split stay the folder's (VideoFolderSource). An absolute
+  ``label_file`` (or one starting with ``~``) is read as is; a relative one is looked up
+  in the dataset folder, then in each folder above it up to and including the data
+  directory, and the first found is read (a dataset folder outside the data directory:
+  only the folder itself). ``folder:grid_av/s1`` with ``labels.csv`` reads
+  ``<data dir>/grid_av/labels.csv``. An empty or None ``label_file`` keeps the folder's
+  labels; the shipped samples and ``tfds:`` datasets keep their own labels always.
+- ``mix:SPEC,SPEC,...``: several of the above (of one kind) read as one source, each with its
+  own split, classes kept apart (``MixedSource``): pretraining on a mix of folders.
 - ``tfds:NAME``: a TFDS dataset prepared as ArrayRecord (``tfds build NAME
   --file_format=array_record``), read through ``tfds.data_source``, which needs
   no TensorFlow and gives grain random access.
@@ -126,45 +142,146 @@ def _images_in(folder: Path) -> list[str]:
   return [str(p) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
+def label_file_path(label_file: str, folder: Path, data_dir: str | os.PathLike | None = None) -> Path:
+  """Where a ``label_file`` of the dataset ``folder`` is (module docstring): as is when absolute,
+  else the first of ``folder/label_file``, ``folder/../label_file``, ... up to the data
+  directory (only ``folder`` itself for a folder outside it); one line when none exists."""
+  path = Path(label_file).expanduser()
+  if path.is_absolute():
+    if not path.is_file():
+      raise FileNotFoundError(f"label file {path} does not exist: point label_file at the dataset's CSV")
+    return path
+  top = data_root(data_dir)
+  folder = Path(os.path.abspath(folder))
+  searched = [folder]
+  if folder.is_relative_to(top):
+    searched += [p for p in folder.parents if p.is_relative_to(top)]
+  for where in searched:
+    if (where / path).is_file():
+      return where / path
+  upward = f" or any folder above it up to the data directory {top}" if len(searched) > 1 else ""
+  raise FileNotFoundError(f"label file {label_file} not found in {folder}{upward}: put it there, give its path "
+                          f"in label_file, or set label_file to '' to label clips by their class folders")
+
+
 def get_source(spec: str, split: str, data_dir: str | None = None, *, test_every: int = 4,
-               video_fps: float | None = None, is_video: bool = False):
-  """Parses a dataset spec ('sample', 'sample_video', 'folder:NAME', 'tfds:NAME') into a source.
+               video_fps: float | None = None, is_video: bool = False, label_file: str | None = None,
+               label_column: str | None = None):
+  """Parses a dataset spec ('sample', 'sample_video', 'sample_av', 'folder:NAME', 'tfds:NAME') into a source.
 
   ``data_dir``: the config's data directory (None: ``$SSLX_DATA_DIR`` or
   ./data, see the module docstring). A folder holding video files
   (sslx/data/video.py's extensions) gives a ``VideoFolderSource``, one of
   images a ``FolderSource``; ``test_every`` splits either when it has no split
   folders. ``tfds:NAME`` is read as video (``TfdsVideoSource``, frames at
-  ``video_fps`` or the dataset's known rate) when ``is_video``.
+  ``video_fps`` or the dataset's known rate) when ``is_video``. ``label_file`` and
+  ``label_column`` label a ``folder:`` dataset of clips from a CSV (module docstring);
+  other datasets ignore them, but a folder of images refuses them.
   """
+  label_file = label_file or None  # "" (an empty command-line value) as None: no CSV.
+  if spec.startswith("mix:"):
+    parts = [get_source(part, split, data_dir, test_every=test_every, video_fps=video_fps, is_video=is_video)
+             for part in spec[len("mix:"):].split(",") if part]
+    return MixedSource(parts, names=[p for p in spec[len("mix:"):].split(",") if p])
   if spec == "sample":
     return FolderSource(SAMPLE_DIR, split)
   if spec == "sample_video":
     return video.VideoFolderSource(video.SAMPLE_VIDEO_DIR, split, test_every=test_every)
+  if spec == "sample_av":
+    return video.VideoFolderSource(video.SAMPLE_AV_DIR, split, test_every=test_every)
   if spec.startswith("folder:"):
     name = spec[len("folder:"):]
     root = folder_path(name, data_dir)
     if not root.is_dir():
       raise _missing_folder(name, root, data_dir)
     if video.is_video_folder(root):
-      return video.VideoFolderSource(root, split, test_every=test_every)
+      path = label_file_path(label_file, root, data_dir) if label_file else None
+      return video.VideoFolderSource(root, split, test_every=test_every, label_file=path,
+                                     label_column=label_column)
+    if label_file:
+      raise ValueError(f"label_file {label_file} labels clips, but dataset {spec} holds images: set label_file "
+                       f"to '' (images are labeled by their class folders)")
     return FolderSource(root, split, test_every=test_every)
   if spec.startswith("tfds:"):
     if is_video:
       return video.TfdsVideoSource(spec[len("tfds:"):], split, tfds_data_dir(data_dir), fps=video_fps)
     return TfdsSource(spec[len("tfds:"):], split, tfds_data_dir(data_dir))
-  raise ValueError(f"unknown dataset spec {spec!r}: use 'sample', 'sample_video', 'folder:NAME' or 'tfds:NAME'")
+  raise ValueError(f"unknown dataset spec {spec!r}: use 'sample', 'sample_video', 'sample_av', 'folder:NAME', "
+                   f"'tfds:NAME' or 'mix:SPEC,SPEC,...'")
 
 
-def from_config(config, split: str, *, dataset: str | None = None, data_dir: str | None = None):
+def holds_video(source) -> bool:
+  """Whether a source's records are clips (a video folder, a TFDS video set, a mix of them)."""
+  if isinstance(source, MixedSource):
+    return all(holds_video(part) for part in source.parts)
+  return isinstance(source, (video.VideoFolderSource, video.TfdsVideoSource))
+
+
+class MixedSource:
+  """Several sources of one kind read as one, in order (``mix:SPEC,SPEC``): for pretraining on
+  a mix of folders (talking faces and other sounding scenes). Each part keeps its own split
+  rule; class ids are offset part by part (class names prefixed with the part's spec), so no
+  two parts share a class; unlabeled records stay -1. CSV labels are not read for a mix."""
+
+  def __init__(self, parts: list, *, names: list[str]):
+    if len(parts) < 2:
+      raise ValueError(f"mix: needs at least two datasets, got {names}: give 'mix:SPEC,SPEC'")
+    kinds = {holds_video(p) for p in parts}
+    if len(kinds) > 1:
+      raise ValueError(f"mix: {names} mixes clips and images: mix datasets of one kind")
+    self.parts = parts
+    self.paths, self.labels, self.classes = [], [], []
+    self._where = []  # (part, index in the part) per record.
+    for name, part in zip(names, parts):
+      offset = len(self.classes)
+      self.classes += [f"{name}/{c}" for c in getattr(part, "classes", [])]
+      part_labels = getattr(part, "labels", [-1] * len(part))
+      self.labels += [y + offset if y >= 0 else -1 for y in part_labels]
+      self.paths += list(getattr(part, "paths", []))
+      self._where += [(part, i) for i in range(len(part))]
+    self.num_classes = len(self.classes)
+    self.root = "+".join(names)
+
+  def __len__(self):
+    return len(self._where)
+
+  def __getitem__(self, index):
+    part, i = self._where[index]
+    return dict(part[i], label=self.labels[index])
+
+  def __repr__(self):
+    return f"MixedSource({len(self)} records from {self.root})"
+
+
+def label_settings(config, *, evaluation: bool = False) -> tuple[str | None, str | None]:
+  """(label_file, label_column) of a config: its top-level ``label_file`` / ``label_column``,
+  or for ``evaluation`` its ``evaluate.label_file`` / ``evaluate.label_column`` where those
+  are set (not None), each on its own: ``evaluate.label_column=color`` alone reads the
+  training label file's colour column. None where the config has neither."""
+  label_file, label_column = config.get("label_file"), config.get("label_column")
+  ev = config.get("evaluate")
+  if evaluation and ev is not None:
+    if ev.get("label_file") is not None:
+      label_file = ev.label_file
+    if ev.get("label_column") is not None:
+      label_column = ev.label_column
+  return label_file or None, label_column or None
+
+
+def from_config(config, split: str, *, dataset: str | None = None, data_dir: str | None = None,
+                evaluation: bool = False, labels: bool = True):
   """The source for ``split`` of an experiment config's dataset (or of ``dataset`` /
   ``data_dir`` when given), with the config's split rule for folders without split
-  folders (``video.test_every`` for video configs, ``test_every`` for image ones)."""
+  folders (``video.test_every`` for video configs, ``test_every`` for image ones) and its
+  label file (``label_settings``: the evaluation's with ``evaluation``; none with
+  ``labels=False``, for readers that need no labels)."""
   video_config = config.get("video")
   if video_config is not None:
     test_every = video_config.get("test_every", 4)
   else:
     test_every = config.get("test_every", 4)
+  label_file, label_column = label_settings(config, evaluation=evaluation) if labels else (None, None)
   return get_source(dataset or config.dataset, split, data_dir or config.get("data_dir"),
                     test_every=test_every, is_video=video_config is not None,
-                    video_fps=video_config.get("source_fps") if video_config is not None else None)
+                    video_fps=video_config.get("source_fps") if video_config is not None else None,
+                    label_file=label_file, label_column=label_column)

@@ -21,10 +21,22 @@ Shuffles and pseudo-labels are made on the device by the pretext.
   ``cache_mb`` per process, least recently used out first. With short clips
   decoded many times per run it turns decoding from the bottleneck into a
   memory copy (``benchmarks/video_decode.py`` measures it).
+- **Audio** (``audio_rate`` set): each record also holds the clip's sound
+  (``sslx/data/audio.py``: mono float32 at ``audio_rate``, placed by the
+  container's timestamps) over exactly the delivered window's presentation
+  time, plus ``audio_margin`` seconds on each side: a window whose first frame
+  is at ``t_s`` and spans ``span`` frames covers ``[t_s, t_s + span / fps)``,
+  its audio ``[t_s - margin, t_s + span / fps + margin)``, the same number of
+  samples ``A = round((span / fps + 2 * margin) * audio_rate)`` for every clip
+  (sample ``j`` at ``t_s - margin + j / audio_rate``). Only windows whose audio
+  lies inside the decoded track are drawn (training) or spread over
+  (evaluation). Audio takes the whole-clip path (decode, cache) always.
 - Clips that cannot be decoded, or are shorter than the window, are skipped and
-  counted (``VideoPreprocess.skipped_unreadable`` / ``skipped_short``); the first
-  ``LOG_FIRST`` of them are logged with their path and why, so that a bad file
-  can be found, the rest only counted.
+  counted (``VideoPreprocess.skipped_unreadable`` / ``skipped_short``), and with
+  audio, clips without a decodable audio track (TFDS records among them) or
+  whose track covers no window (``skipped_no_audio`` / ``skipped_audio_short``);
+  the first ``LOG_FIRST`` of them are logged with their path and why, so that a
+  bad file can be found, the rest only counted.
 """
 
 from __future__ import annotations
@@ -33,14 +45,17 @@ import collections
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from absl import logging
 
+from sslx.data import audio as audio_lib
 from sslx.data import base
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mpg", ".mpeg", ".mkv", ".mov", ".m4v")
 SAMPLE_VIDEO_DIR = Path(__file__).resolve().parent / "sample_video"
+SAMPLE_AV_DIR = Path(__file__).resolve().parent / "sample_av"  # GRID clips with sound (make_av_sample.py).
 
 
 def _videos_in(folder: Path) -> list[Path]:
@@ -67,13 +82,26 @@ class VideoFolderSource:
   sslx/data/base.py's, deterministic and stratified: in each class, clips in
   sorted file-name order, every ``test_every``-th clip (the 4th, 8th, ...) is
   "test", the others "train" (egogestar: 12 clips per class -> 9 train + 3 test).
+  Clips lying directly in the folder are split the same way, as one group.
+
+  ``label_file`` (a CSV path) and ``label_column`` take the labels from that file
+  instead (``base.labels_from_csv``): the same clips and the same split, but each
+  clip's label is its row's value in ``label_column``, matched by the row's ``file``
+  path relative to the CSV's folder; class ids are the sorted distinct values among
+  the clips under ``root`` the file lists (so every split numbers them alike), and
+  clips it does not list are unlabeled (-1). GRID's flat ``s1/`` folder beside
+  ``labels.csv``: 60 clips, 45 train + 15 test, 4 ``command`` classes.
   """
 
-  def __init__(self, root: str | os.PathLike, split: str, *, test_every: int = 4):
+  def __init__(self, root: str | os.PathLike, split: str, *, test_every: int = 4,
+               label_file: str | os.PathLike | None = None, label_column: str | None = None):
     root = Path(root)
     if not root.is_dir():
       raise FileNotFoundError(f"video folder {root} does not exist: expected {root}/<class>/<clip>.mp4 "
                               f"or {root}/<split>/<class>/<clip>.mp4")
+    if label_file is not None and not label_column:
+      raise ValueError(f"label file {label_file} needs a label_column: set label_column to the CSV column "
+                       f"holding the labels (e.g. command)")
     folder, by_clip = base.split_folder(root, split, "clip")
     self.classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and _videos_in(p))
     paths, labels = [], []
@@ -91,6 +119,13 @@ class VideoFolderSource:
     if not paths:
       raise ValueError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) for split '{split}' under {folder}: "
                        f"put clips in {folder}/<class>/")
+    self.label_file, self.label_column = label_file, label_column
+    if label_file is not None:
+      listed = base.labels_from_csv(label_file, label_column, root, VIDEO_EXTENSIONS)
+      self.classes = sorted(set(listed.values()))
+      ids = {name: i for i, name in enumerate(self.classes)}
+      labels = [ids.get(listed.get(os.path.realpath(p)), -1) for p in paths]
+    self.root = root
     self.paths, self.labels = paths, labels
     self.num_classes = len(self.classes)
 
@@ -125,7 +160,7 @@ class TfdsVideoSource(base.TfdsSource):
             "path": f"tfds#{index}"}
 
 
-def frames_from_record(video_field, native_fps: float, *, fps: float, resize_size: int | None):
+def frames_from_record(video_field, native_fps: float, *, fps: float, resize_size: int | None, region=None):
   """In-memory frames (an array (N, H, W, 3), or a sequence of encoded images) at
   ``native_fps`` -> (frames resampled to ``fps`` and resized, times), or None."""
   from sslx.data import image_ops
@@ -141,7 +176,8 @@ def frames_from_record(video_field, native_fps: float, *, fps: float, resize_siz
   if not frames:
     return None
   indices, targets = resample_indices(np.arange(len(frames)) / native_fps, fps)
-  return np.stack([resize_shorter_side(np.asarray(frames[i]), resize_size) for i in indices]), targets
+  return np.stack([resize_shorter_side(crop_region(np.asarray(frames[i]), region), resize_size)
+                   for i in indices]), targets
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -204,8 +240,29 @@ def resample_indices(timestamps: np.ndarray, fps: float, start: float = 0.0, end
   return np.clip(indices, 0, len(timestamps) - 1), targets
 
 
+def crop_region(frame: np.ndarray, region) -> np.ndarray:
+  """The part of a frame inside ``region`` = (top, left, height, width) as fractions of its
+  height and width (None: the whole frame)."""
+  if region is None:
+    return frame
+  h, w = frame.shape[:2]
+  top, left, height, width = region
+  y0, x0 = int(round(top * h)), int(round(left * w))
+  return frame[y0:y0 + max(int(round(height * h)), 1), x0:x0 + max(int(round(width * w)), 1)]
+
+
+def check_region(region) -> None:
+  """One line for a ``video.region`` that is not a box inside the frame."""
+  if region is None:
+    return
+  if len(region) != 4 or min(region) < 0 or region[2] <= 0 or region[3] <= 0 or \
+      region[0] + region[2] > 1 + 1e-9 or region[1] + region[3] > 1 + 1e-9:
+    raise ValueError(f"video.region {tuple(region)} is not a box inside the frame: give (top, left, height, "
+                     f"width) as fractions of the frame, with top + height <= 1 and left + width <= 1")
+
+
 def decode(path: str, *, fps: float, resize_size: int | None, start: float | None = None,
-           end: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+           end: float | None = None, region=None) -> tuple[np.ndarray, np.ndarray] | None:
   """Frames of a clip resampled to ``fps``: ((N, h, w, 3) uint8, (N,) target times in seconds
   from the clip's first frame), or None when the file cannot be decoded.
 
@@ -230,7 +287,7 @@ def decode(path: str, *, fps: float, resize_size: int | None, start: float | Non
           break
         if start is not None and times and t <= start and times[-1] <= start:
           frames[-1:], times[-1:] = [], []  # Keep only the last frame at or before start.
-        frames.append(resize_shorter_side(frame.to_ndarray(format="rgb24"), resize_size))
+        frames.append(resize_shorter_side(crop_region(frame.to_ndarray(format="rgb24"), region), resize_size))
         times.append(t)
   except Exception:  # Corrupt or unsupported file: the caller counts it.
     return None
@@ -285,8 +342,17 @@ def uniform_starts(num_frames: int, span: int, count: int) -> np.ndarray:
   return np.round(np.linspace(0, last, count)).astype(np.int64)
 
 
+class WholeClip(NamedTuple):
+  """A decoded clip as the cache holds it: frames at ``fps`` (frame ``k`` at ``k / fps`` s),
+  their motion scores (or None), and with audio its samples and the time of sample 0."""
+  frames: np.ndarray
+  scores: np.ndarray | None
+  audio: np.ndarray | None = None
+  audio_start: float = 0.0
+
+
 class FrameCache:
-  """Decoded clips (frames and motion scores) by path, at most ``max_bytes``, LRU."""
+  """Decoded clips (frames, motion scores, audio) by path, at most ``max_bytes``, LRU."""
 
   def __init__(self, max_bytes: int):
     self.max_bytes = max_bytes
@@ -326,12 +392,31 @@ class VideoPreprocess:
   (``"random"``); one random crop and one flip for all its frames.
   Evaluation (``train=False``): ``num_clips`` windows spread evenly over the
   clip, centre crops; ``num_clips > 1`` gives ``(num_clips, T, S, S, 3)``.
+
+  ``region`` (top, left, height, width, fractions of the frame) keeps only that box of every
+  decoded frame, before resizing: a fixed region of interest, such as the lower half of a
+  face centred in the frame (GRID), at the resolution a small network can use.
+
+  With ``audio_rate`` (Hz), records also hold ``"audio"``: float32 ``(A,)`` mono
+  samples over the window's presentation time plus ``audio_margin`` seconds on
+  each side (module docstring), ``(num_clips, A)`` for several evaluation
+  windows. Windows are then chosen (motion, random, or spread evenly) only
+  among those whose audio lies inside the clip's decoded track, and the whole
+  clip is always decoded (and cached with its audio): the seek-to-the-window
+  path, used for random sampling without a cache, is not taken.
   """
 
   def __init__(self, *, fps: float, num_frames: int, frame_stride: int = 1, image_size: int,
                resize_size: int | None = None, flip: bool = False, train: bool = True,
                sampling: str = "motion", motion: str = "flow", motion_quantile: float = 0.5,
-               num_clips: int = 1, cache_mb: float = 1024):
+               num_clips: int = 1, cache_mb: float = 1024, audio_rate: int | None = None,
+               audio_margin: float = 0.0, region: tuple[float, float, float, float] | None = None):
+    check_region(region)
+    self.region = tuple(region) if region is not None else None
+    if audio_rate is not None and audio_rate <= 0:
+      raise ValueError(f"audio sample rate is {audio_rate}: set audio.sample_rate to a positive rate in Hz")
+    if audio_margin < 0:
+      raise ValueError(f"audio margin is {audio_margin} s: set audio.margin_seconds to 0 or more")
     if sampling not in ("motion", "random"):
       raise ValueError(f"unknown video.sampling {sampling!r}: use 'motion' or 'random'")
     if motion not in ("flow", "diff"):
@@ -344,15 +429,20 @@ class VideoPreprocess:
     self.sampling, self.motion, self.motion_quantile = sampling, motion, motion_quantile
     self.num_clips = num_clips
     self.cache = FrameCache(int(cache_mb * 2**20)) if cache_mb else None
+    self.audio_rate, self.audio_margin = audio_rate, audio_margin
+    # Samples per window, the same for every clip: the span's time plus both margins.
+    self.audio_length = round((self.span / fps + 2 * audio_margin) * audio_rate) if audio_rate else 0
     self.skipped_unreadable = 0
     self.skipped_short = 0
+    self.skipped_no_audio = 0  # No audio stream, or one that cannot be decoded (TFDS records: none).
+    self.skipped_audio_short = 0  # Audio too short for any window plus its margins.
     self.delivered = 0
     self._logged: set[str] = set()  # Clips named in a warning so far (at most LOG_FIRST).
     self._lock = threading.Lock()
 
   @property
   def skipped(self) -> int:
-    return self.skipped_unreadable + self.skipped_short
+    return self.skipped_unreadable + self.skipped_short + self.skipped_no_audio + self.skipped_audio_short
 
   # A source whose clips are all skipped would leave the training loop's filter
   # waiting forever; after this many skips with nothing delivered, fail instead.
@@ -369,33 +459,65 @@ class VideoPreprocess:
         logging.warning("Skipping clip %s: %s.%s", name, reason,
                         " Further skipped clips are only counted." if last else "")
       if self.delivered == 0 and self.skipped >= self.GIVE_UP_AFTER:
+        sound = (f", {self.skipped_no_audio} without audio, {self.skipped_audio_short} with audio shorter than "
+                 f"the window plus margins" if self.audio_rate else "")
+        fix = ", or drop the config's audio section" if self.audio_rate else ""
         raise ValueError(f"the first {self.skipped} clips were all skipped ({self.skipped_short} shorter than "
-                         f"the {self.span}-frame window, {self.skipped_unreadable} unreadable): check the "
-                         f"dataset, or lower video.num_frames / video.frame_stride")
+                         f"the {self.span}-frame window, {self.skipped_unreadable} unreadable{sound}): check the "
+                         f"dataset, or lower video.num_frames / video.frame_stride{fix}")
 
-  def _whole_clip(self, path):
-    """(frames, motion scores or None) of the whole clip, through the cache. ``path``: a
-    file, or a record holding the frames themselves (TFDS)."""
+  def _whole_clip(self, path) -> WholeClip | tuple[str, str]:
+    """The whole clip (frames, motion scores, audio), through the cache, or (counter, reason)
+    when it is skipped. ``path``: a file, or a record holding the frames themselves (TFDS)."""
     key = path if isinstance(path, str) else path["path"]
     cached = self.cache.get(key) if self.cache is not None else None
     if cached is not None:
       return cached
+    sound, sound_start = None, 0.0
+    if self.audio_rate:  # First, as it is cheap to find missing: no frames decoded for nothing.
+      if not isinstance(path, str):
+        return "skipped_no_audio", "TFDS records carry no audio"
+      decoded_audio = audio_lib.decode_audio(path, sample_rate=self.audio_rate)
+      if decoded_audio == audio_lib.UNREADABLE:
+        return "skipped_unreadable", "PyAV cannot decode it"
+      if isinstance(decoded_audio, str):
+        return "skipped_no_audio", decoded_audio
+      sound, sound_start = decoded_audio
     if isinstance(path, str):
-      decoded = decode(path, fps=self.fps, resize_size=self.resize_size)
+      decoded = decode(path, fps=self.fps, resize_size=self.resize_size, region=self.region)
     else:  # Frames in the record (TFDS): ``path`` is the record itself.
-      decoded = frames_from_record(path["video"], path["fps"], fps=self.fps, resize_size=self.resize_size)
+      decoded = frames_from_record(path["video"], path["fps"], fps=self.fps, resize_size=self.resize_size,
+                                   region=self.region)
     if decoded is None:
-      return None
+      return "skipped_unreadable", ("PyAV cannot decode it" if isinstance(path, str)
+                                    else "its frames cannot be decoded")
     frames = decoded[0]
     needs_motion = self.train and self.sampling == "motion"
     scores = motion_scores(frames, self.motion) if needs_motion else None
-    value = (frames, scores)
+    value = WholeClip(frames, scores, sound, sound_start)
     if self.cache is not None:
       self.cache.put(key, value)
     return value
 
   def _short(self, length: int) -> tuple[str, str]:
     return "skipped_short", f"{length} frames at {self.fps:g} fps, shorter than the {self.span}-frame window"
+
+  def _audio_offsets(self, clip: WholeClip) -> np.ndarray:
+    """For each window start ``s`` (frames), the index in ``clip.audio`` of the window's first
+    audio sample, at ``s / fps - audio_margin``; -1 where the window's audio is not all
+    inside the decoded track."""
+    starts = np.arange(max(len(clip.frames) - self.span + 1, 0))
+    offsets = np.round((starts / self.fps - self.audio_margin - clip.audio_start) * self.audio_rate)
+    offsets = offsets.astype(np.int64)
+    inside = (offsets >= 0) & (offsets + self.audio_length <= len(clip.audio))
+    return np.where(inside, offsets, -1)
+
+  def _audio_short(self, clip: WholeClip) -> tuple[str, str]:
+    duration = len(clip.audio) / self.audio_rate
+    return "skipped_audio_short", (
+        f"its audio ({duration:.3f} s from {clip.audio_start:+.3f} s) covers none of its "
+        f"{len(clip.frames) - self.span + 1} windows of {self.span / self.fps:.3f} s plus "
+        f"{self.audio_margin:g} s margins")
 
   def _window_without_cache(self, path: str, rng):
     """Random sampling without a cache: seek to the window, decode only it. A skipped
@@ -407,7 +529,7 @@ class VideoPreprocess:
     if length < self.span:
       return self._short(length)
     start = int(rng.integers(0, length - self.span + 1))
-    decoded = decode(path, fps=self.fps, resize_size=self.resize_size, start=start / self.fps,
+    decoded = decode(path, fps=self.fps, resize_size=self.resize_size, region=self.region, start=start / self.fps,
                      end=(start + self.span) / self.fps)
     if decoded is None:
       return "skipped_unreadable", "PyAV cannot decode it"
@@ -434,42 +556,66 @@ class VideoPreprocess:
   def __call__(self, record, rng: np.random.Generator | None = None):
     path = record["video"] if isinstance(record["video"], str) else record
     rng = rng if rng is not None else np.random.default_rng(0)
-    if self.train and self.cache is None and self.sampling == "random" and isinstance(path, str):
+    sound = None
+    if (self.train and self.cache is None and self.sampling == "random" and isinstance(path, str)
+        and not self.audio_rate):
       clip = self._window_without_cache(path, rng)
       if isinstance(clip, tuple):
         self._count(*clip, path)
         return None
     else:
       whole = self._whole_clip(path)
-      if whole is None:
-        self._count("skipped_unreadable", "PyAV cannot decode it" if isinstance(path, str)
-                    else "its frames cannot be decoded", path)
+      if not isinstance(whole, WholeClip):
+        self._count(*whole, path)
         return None
-      frames, scores = whole
+      frames, scores = whole.frames, whole.scores
       if len(frames) < self.span:
         self._count(*self._short(len(frames)), path)
         return None
+      # Window starts lo..hi are allowed: all of them, or with audio those whose audio is
+      # inside the track (a contiguous range, as the track is one interval).
+      lo, hi = 0, len(frames) - self.span
+      if self.audio_rate:
+        offsets = self._audio_offsets(whole)
+        inside = np.flatnonzero(offsets >= 0)
+        if not len(inside):
+          self._count(*self._audio_short(whole), path)
+          return None
+        lo, hi = int(inside[0]), int(inside[-1])
+      length = hi - lo + self.span  # The frames the allowed windows cover.
       if self.train:
-        allowed = window_starts(len(frames), self.span, scores if self.sampling == "motion" else None,
-                                self.motion_quantile)
+        motion = scores[lo:lo + length - 1] if self.sampling == "motion" else None
+        allowed = window_starts(length, self.span, motion, self.motion_quantile) + lo
         starts = [int(rng.choice(allowed))]
       else:
-        starts = uniform_starts(len(frames), self.span, self.num_clips)
+        starts = uniform_starts(length, self.span, self.num_clips) + lo
+      single = self.train or self.num_clips == 1
       clips = [frames[s:s + self.span:self.frame_stride] for s in starts]
-      clip = clips[0] if self.train or self.num_clips == 1 else np.stack(clips)
+      clip = clips[0] if single else np.stack(clips)
+      if self.audio_rate:
+        sounds = [whole.audio[offsets[s]:offsets[s] + self.audio_length] for s in starts]
+        sound = sounds[0] if single else np.stack(sounds)
     out = {"video": self._crop_flip(clip, rng), "label": np.int32(record["label"]),
            "index": np.int32(record.get("index", -1))}
+    if sound is not None:
+      out["audio"] = np.array(sound, np.float32)  # A copy: the cached track stays untouched.
     self.delivered += 1  # Only ever read as "zero or not": no lock needed.
     return out
 
 
 def preprocess_from_config(config, *, train: bool, num_clips: int = 1) -> VideoPreprocess:
-  """The VideoPreprocess an experiment config asks for (its ``video`` section)."""
+  """The VideoPreprocess an experiment config asks for: its ``video`` section, and its
+  optional ``audio`` section (``sample_rate`` in Hz, ``margin_seconds``); without one,
+  records carry no audio."""
   v = config.video
+  a = config.get("audio")
   return VideoPreprocess(fps=v.fps, num_frames=v.num_frames, frame_stride=v.frame_stride,
                          image_size=config.image_size, resize_size=config.get("resize_size"),
                          flip=config.flip and train, train=train, sampling=v.sampling, motion=v.motion,
-                         motion_quantile=v.motion_quantile, num_clips=num_clips, cache_mb=v.cache_mb)
+                         motion_quantile=v.motion_quantile, num_clips=num_clips, cache_mb=v.cache_mb,
+                         audio_rate=a.sample_rate if a is not None else None,
+                         audio_margin=a.get("margin_seconds", 0.0) if a is not None else 0.0,
+                         region=v.get("region"))
 
 
 def check_lengths(source, *, fps: float, span: int) -> dict:

@@ -6,6 +6,13 @@ encoded (a 3D backbone sees the clip, a per-frame 2D backbone each frame), the
 features average-pooled over time and space as for images, then averaged over
 the frames and clips: the multi-clip protocol of VCOP (Xu et al. 2019) and most
 video SSL papers.
+
+Runs with sound (an audio-visual pretext: ``config.audio`` and ``pretext.audio_model``) have
+two streams to probe: ``visual``, the backbone on the frames as it saw them in training, and
+``audio``, the audio tower (parameters under ``audio``) on the sound it heard in training:
+the central ``pretext.audio_seconds`` of each window's delivered audio (the whole of it for a
+pretext without that field). Its blocks are pooled like the visual ones, and its features are
+averaged over the ``evaluate.num_clips`` windows of a clip in the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from absl import app, flags, logging
 
 from sslx import cli, models, run
 from sslx.data import pipeline, sources
+from sslx.pretexts.audiovisual import correspondence
+
+STREAMS = ("visual", "audio")  # What of a run the probes read: its backbone, or its audio tower.
 
 
 def for_evaluation(config, *, temporal_segments: int | None = None):
@@ -159,16 +169,83 @@ def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1
   return features
 
 
-def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: int, mesh):
+def check_stream(config, stream: str) -> None:
+  """One line for a stream the run does not have: an unknown name, or ``audio`` for a run
+  trained without sound."""
+  if stream not in STREAMS:
+    raise ValueError(f"unknown stream {stream!r}: use 'visual' (the backbone) or 'audio' (an audio-visual "
+                     f"run's audio tower)")
+  pretext = config.get("pretext")
+  if stream == "audio" and (config.get("audio") is None or pretext is None
+                            or pretext.get("audio_model") is None):
+    name = pretext.name if pretext is not None else "no pretext"
+    raise ValueError(f"the audio stream needs a run trained with sound and an audio tower (config.audio, "
+                     f"pretext.audio_model), but this run was trained with {name}: probe the visual stream")
+
+
+def audio_input_fn(config):
+  """Delivered waveforms ``(N, A)`` -> what the audio tower heard in training: the central
+  ``pretext.audio_seconds`` (``correspondence.centre_audio``), or all of it for a pretext
+  without that field."""
+  cfg = config.pretext
+  seconds = cfg.get("audio_seconds")
+  if seconds is None:
+    return lambda audio: audio
+  return lambda audio: correspondence.centre_audio(audio, seconds, cfg.audio_model.sample_rate)
+
+
+def audio_tower(config):
+  """The audio tower of an audio-visual run's config (``pretext.audio_model``)."""
+  return models.get_backbone(config.pretext.audio_model)
+
+
+def audio_variables(state) -> dict:
+  """The audio tower's variables in a restored train state (its parameters under ``audio``)."""
+  return {"params": state.params["audio"], "batch_stats": state.batch_stats.get("audio", {})}
+
+
+def random_audio_variables(tower, config, seed: int) -> dict:
+  """The same audio tower at random initialisation (BatchNorm at its initial statistics)."""
+  heard = audio_input_fn(config)(jnp.zeros((1, run.audio_length(config)), jnp.float32))
+  variables = jax.jit(lambda rng: tower.init(rng, heard, train=False))(jax.random.PRNGKey(seed))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def audio_feature_fn(tower, config, max_features: int):
+  """A jitted waveforms(float32, (B, [K,] A)) -> {block: (B, D)} for an audio tower.
+
+  Each window's audio goes through ``audio_input_fn`` and the tower; every block's map is
+  average-pooled as a visual block is (``pool_block``; a 1-D tower's ``(N, time, C)`` maps
+  as ``(N, time, 1, C)``), and the features of a clip's K windows are averaged.
+  """
+  to_input = audio_input_fn(config)
+
+  @jax.jit
+  def features(variables, audio):
+    batch = audio.shape[0]
+    maps = tower.apply(variables, to_input(audio.reshape(-1, audio.shape[-1])), train=False)
+    out = {}
+    for name in models.block_names(maps):
+      block = maps[name]
+      pooled = pool_block(block[:, :, None] if block.ndim == 3 else block, max_features)
+      out[name] = pooled.reshape(batch, -1, pooled.shape[-1]).mean(axis=1)
+    return out
+
+  return features
+
+
+def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: int, mesh,
+            key: str | None = None):
   """One pass over ``source``: {model_name: {block: (N, D) features}}, labels (N,), skipped count.
 
-  Runs in one process over its local devices; a final partial batch is padded
-  so every batch compiles to the same shape.
+  ``key``: the batch field the feature functions read (default: the media, "image" or
+  "video"; "audio" for an audio tower). Runs in one process over its local devices; a
+  final partial batch is padded so every batch compiles to the same shape.
   """
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   preprocess = run.make_preprocess(config, source, train=False,
                                        num_clips=config.evaluate.get("num_clips", 1))
-  key = run.media_key(config)
+  key = key or run.media_key(config)
   dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False)
   out = {name: {} for name in feature_fns}
   labels = []
@@ -185,11 +262,12 @@ def extract(source, config, feature_fns: dict, variables: dict, *, batch_size: i
 
 
 def labeled_sources(config, splits, *, dataset: str, data_dir: str | None, purpose: str) -> dict:
-  """{split: source} for each split, opened and checked for labels before any feature is
-  extracted (a missing split or an unlabeled one fails in one line, in seconds)."""
+  """{split: source} for each split, with the evaluation's labels (``evaluate.label_file`` /
+  ``label_column`` over the run's, sslx/data/sources.py), opened and checked for labels before
+  any feature is extracted (a missing split or an unlabeled one fails in one line, in seconds)."""
   out = {}
   for split in splits:
-    source = sources.from_config(config, split, dataset=dataset, data_dir=data_dir)
+    source = sources.from_config(config, split, dataset=dataset, data_dir=data_dir, evaluation=True)
     labels = getattr(source, "labels", None)
     unlabeled = int(sum(1 for y in labels if y < 0)) if labels is not None else 0
     if unlabeled or source.num_classes < 2:
@@ -200,20 +278,30 @@ def labeled_sources(config, splits, *, dataset: str, data_dir: str | None, purpo
   return out
 
 
-def extract_pretrained_and_random(loaded, splits, *, dataset: str, data_dir: str | None, purpose: str):
-  """Features of every split for the run's backbone and the same backbone at random init
-  (seed ``evaluate.seed``): ({split: ({"pretrained"|"random_init": {block: (N, D)}}, labels)},
-  number of classes, skipped examples). The splits are checked before any extraction."""
-  cfg = loaded.config.evaluate
-  split_sources = labeled_sources(loaded.config, splits, dataset=dataset, data_dir=data_dir, purpose=purpose)
+def extract_pretrained_and_random(loaded, splits, *, dataset: str, data_dir: str | None, purpose: str,
+                                  stream: str = "visual"):
+  """Features of every split for the run's backbone (``stream="audio"``: its audio tower) and
+  the same network at random init (seed ``evaluate.seed``): ({split: ({"pretrained"|
+  "random_init": {block: (N, D)}}, labels)}, number of classes, skipped examples). The
+  stream and the splits are checked before any extraction."""
+  config, cfg = loaded.config, loaded.config.evaluate
+  check_stream(config, stream)
+  split_sources = labeled_sources(config, splits, dataset=dataset, data_dir=data_dir, purpose=purpose)
   mesh = run.make_mesh(jax.local_devices())
-  fns = {name: feature_fn(loaded.backbone, loaded.config, cfg.max_features) for name in ("pretrained", "random_init")}
-  variables = {"pretrained": loaded.variables,
-               "random_init": run.random_init_variables(loaded.backbone, loaded.config, cfg.seed)}
+  if stream == "audio":
+    tower = audio_tower(config)
+    fn, key = audio_feature_fn(tower, config, cfg.max_features), "audio"
+    variables = {"pretrained": audio_variables(loaded.state),
+                 "random_init": random_audio_variables(tower, config, cfg.seed)}
+  else:
+    fn, key = feature_fn(loaded.backbone, config, cfg.max_features), None
+    variables = {"pretrained": loaded.variables,
+                 "random_init": run.random_init_variables(loaded.backbone, config, cfg.seed)}
+  fns = dict.fromkeys(variables, fn)  # One function (one compilation) for both sets of weights.
   out, skipped = {}, 0
   for split, source in split_sources.items():
-    features, labels, n_skipped = extract(source, loaded.config, fns, variables, batch_size=cfg.batch_size,
-                                          mesh=mesh)
+    features, labels, n_skipped = extract(source, config, fns, variables, batch_size=cfg.batch_size,
+                                          mesh=mesh, key=key)
     if (labels < 0).any():
       raise ValueError(f"{purpose} needs labels, but {dataset} split {split!r} has {int((labels < 0).sum())} "
                        f"unlabeled examples: pass --dataset with a labeled one")

@@ -9,10 +9,18 @@ the config's ``evaluate`` section), trains one linear softmax classifier per
 block on the labeled train split and reports top-1 accuracy on the test split.
 The same backbone at random init goes through the identical protocol. Writes
 DIR/eval/linear.json and DIR/eval/linear.md and prints the table.
+
+A run trained with sound (an audio-visual pretext) is probed on its visual backbone by
+default, and on its audio tower with ``--stream audio``: every block of the tower, applied to
+the sound it heard in training (sslx/evaluate/common.py), against the same tower at random
+init; written to DIR/eval/linear-audio.json and .md. The labels are the evaluation's
+(``evaluate.label_file`` / ``evaluate.label_column``, else the run's; sslx/data/sources.py):
+``--config.evaluate.label_column=color`` probes GRID's colour word instead of its command.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -22,6 +30,7 @@ from absl import flags
 
 from sslx import losses
 from sslx import checkpoints, run
+from sslx.data import sources
 from sslx.evaluate import common
 
 
@@ -35,22 +44,42 @@ def train_linear(train_x, train_y, test_x, test_y, *, num_classes: int, epochs: 
   train_y, test_y = jnp.asarray(train_y), jnp.asarray(test_y)
   n, dims = train_x.shape
   batch_size = min(batch_size, n)
+  tx, epoch = _fit_fns(n, batch_size, epochs, float(learning_rate), float(weight_decay))
+  params = {"w": jnp.zeros((dims, num_classes)), "b": jnp.zeros((num_classes,))}
+  opt_state = tx.init(params)
+  key = jax.random.PRNGKey(seed)
+  for _ in range(epochs):
+    key, epoch_key = jax.random.split(key)
+    params, opt_state = epoch(params, opt_state, epoch_key, train_x, train_y)
+  return {"test_accuracy": float(_accuracy(params, test_x, test_y)),
+          "train_accuracy": float(_accuracy(params, train_x, train_y))}
+
+
+def _logits(params, x):
+  return x @ params["w"] + params["b"]
+
+
+@jax.jit
+def _accuracy(params, x, y):
+  return losses.accuracy(logits=_logits(params, x), labels=y)
+
+
+@functools.lru_cache(maxsize=16)
+def _fit_fns(n: int, batch_size: int, epochs: int, learning_rate: float, weight_decay: float):
+  """The optimizer and the jitted epoch of a probe, built once per schedule: the features are
+  arguments, so the probes of every block of the same width (and of both the pretrained and the
+  random-init network) share one compilation."""
   steps_per_epoch = n // batch_size
   schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
   tx = optax.adamw(schedule, weight_decay=weight_decay)
-  params = {"w": jnp.zeros((dims, num_classes)), "b": jnp.zeros((num_classes,))}
-  opt_state = tx.init(params)
-
-  def logits_fn(params, x):
-    return x @ params["w"] + params["b"]
 
   @jax.jit
-  def epoch(params, opt_state, key):
+  def epoch(params, opt_state, key, train_x, train_y):
     order = jax.random.permutation(key, n)[:steps_per_epoch * batch_size].reshape(steps_per_epoch, -1)
 
     def step(carry, idx):
       params, opt_state = carry
-      loss_fn = lambda p: losses.softmax_xent(logits=logits_fn(p, train_x[idx]), labels=train_y[idx])  # noqa: E731
+      loss_fn = lambda p: losses.softmax_xent(logits=_logits(p, train_x[idx]), labels=train_y[idx])  # noqa: E731
       grads = jax.grad(loss_fn)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
@@ -58,14 +87,7 @@ def train_linear(train_x, train_y, test_x, test_y, *, num_classes: int, epochs: 
     (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), order)
     return params, opt_state
 
-  key = jax.random.PRNGKey(seed)
-  for _ in range(epochs):
-    key, epoch_key = jax.random.split(key)
-    params, opt_state = epoch(params, opt_state, epoch_key)
-
-  accuracy = jax.jit(lambda p, x, y: losses.accuracy(logits=logits_fn(p, x), labels=y))
-  return {"test_accuracy": float(accuracy(params, test_x, test_y)),
-          "train_accuracy": float(accuracy(params, train_x, train_y))}
+  return tx, epoch
 
 
 def _unit(config) -> str:
@@ -81,20 +103,36 @@ def markdown_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def labels_read(config, *, dataset: str, data_dir: str | None) -> dict:
+  """What the probe's labels were: {"file": the CSV read (None: the dataset's own labels),
+  "column", "classes"}, from the evaluation's train split as the probe opened it."""
+  source = sources.from_config(config, config.evaluate.train_split, dataset=dataset, data_dir=data_dir,
+                               evaluation=True)
+  label_file = getattr(source, "label_file", None)
+  return {"file": str(label_file) if label_file else None,
+          "column": getattr(source, "label_column", None) if label_file else None,
+          "classes": list(getattr(source, "classes", []) or [])}
+
+
 def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
              epochs: int | None = None, patch_grid: int | None = None,
-             temporal_segments: int | None = None, overrides: dict[str, str] | None = None) -> dict:
+             temporal_segments: int | None = None, overrides: dict[str, str] | None = None,
+             stream: str = "visual") -> dict:
   """Probes every block of the checkpoint's backbone and of the same backbone at random init.
 
   ``patch_grid`` overrides the config's probe input (0: the whole image; g: the
   mean over a g x g grid of patches); its results go to ``eval/linear_grid{g}``
-  so that both protocols of one checkpoint can sit side by side.
+  so that both protocols of one checkpoint can sit side by side. ``stream="audio"``
+  probes an audio-visual run's audio tower instead (``eval/linear-audio``).
   """
+  if stream == "audio" and (patch_grid is not None or temporal_segments is not None):
+    raise ValueError("patch_grid and temporal_segments shape the visual features: drop them for --stream audio")
   loaded = checkpoints.load_run(workdir)
   loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-linear"),
                                         temporal_segments=temporal_segments)
+  common.check_stream(loaded.config, stream)
   cfg = loaded.config.evaluate
-  stem = "linear"
+  stem = "linear" if stream == "visual" else f"linear-{stream}"
   if patch_grid is not None:
     if patch_grid < 0:
       raise ValueError(f"patch_grid must be >= 0 (0: whole image), got {patch_grid}")
@@ -105,10 +143,12 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   epochs = epochs if epochs is not None else cfg.epochs
   splits, num_classes, skipped = common.extract_pretrained_and_random(
       loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir,
-      purpose="linear evaluation")
+      purpose="linear evaluation", stream=stream)
 
   (train_f, train_y), (test_f, test_y) = splits[cfg.train_split], splits[cfg.test_split]
+  labels = labels_read(loaded.config, dataset=dataset, data_dir=data_dir)
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
+             "stream": stream, "labels": labels,
              "train_examples": int(len(train_y)), "test_examples": int(len(test_y)),
              "skipped_images": skipped, "protocol": dict(cfg, epochs=epochs), "blocks": {}}
   for block in train_f["pretrained"]:
@@ -121,9 +161,11 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
       row[f"{name}_train"] = fit["train_accuracy"]
     results["blocks"][block] = row
 
+  what = "Linear probe" if stream == "visual" else f"Linear probe of the {stream} tower"
+  column = f" ({labels['column']} from {os.path.basename(labels['file'])})" if labels["file"] else ""
   return common.write_results(
       workdir, stem, results, table=markdown_table(results),
-      title=f"Linear probe, {dataset}, checkpoint step {loaded.step}, {len(train_y)} train / "
+      title=f"{what}, {dataset}{column}, checkpoint step {loaded.step}, {len(train_y)} train / "
             f"{len(test_y)} test {_unit(loaded.config)}")
 
 
@@ -134,21 +176,25 @@ def _define_flags():
   flags.DEFINE_integer("epochs", None, "Probe epochs; default: the config's.")
   flags.DEFINE_integer("patch_grid", None, "Probe input: 0 the whole image, g the mean over g x g "
                        "patches; default: the config's evaluate.patch_grid.")
+  flags.DEFINE_string("stream", "visual", "What to probe: 'visual' (the backbone) or 'audio' (the audio "
+                      "tower of a run trained with an audio-visual pretext; writes eval/linear-audio.json).")
 
 
-USAGE = """Usage: sslx-linear --workdir=DIR [--dataset=SPEC] [--config.evaluate.KEY=VALUE ...]
+USAGE = """Usage: sslx-linear --workdir=DIR [--dataset=SPEC] [--stream=audio] [--config.evaluate.KEY=VALUE ...]
 
 Linear probe per block of the workdir's latest checkpoint and of the same backbone at random
 init; the protocol's settings are the run's evaluate section, overridable with --config.
-(e.g. --config.evaluate.test_split=val --config.evaluate.epochs=10). Writes DIR/eval/linear.json.
+(e.g. --config.evaluate.test_split=val --config.evaluate.epochs=10). Writes DIR/eval/linear.json
+(--stream audio: an audio-visual run's audio tower, DIR/eval/linear-audio.json).
 """
 
 
 def _main(args, overrides):
   results = evaluate(args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                      patch_grid=args.patch_grid, temporal_segments=args.temporal_segments,
-                     overrides=overrides)
-  print(f"\nLinear probe on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
+                     overrides=overrides, stream=args.stream)
+  tower = "" if results["stream"] == "visual" else f" of the {results['stream']} tower"
+  print(f"\nLinear probe{tower} on {results['dataset']} (checkpoint step {results['checkpoint_step']}; "
         f"{results['train_examples']} train / {results['test_examples']} test examples)\n")
   print(markdown_table(results))
   print(f"\nWritten to {results['written_to']}")
@@ -157,7 +203,7 @@ def _main(args, overrides):
 def cli_main():
   _define_flags()
   common.run_script("sslx-linear", _main, usage=USAGE,
-                     flag_names=("epochs", "patch_grid", "temporal_segments"))
+                     flag_names=("epochs", "patch_grid", "temporal_segments", "stream"))
 
 
 if __name__ == "__main__":

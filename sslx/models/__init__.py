@@ -34,8 +34,8 @@ def _module(name: str):
   try:
     return importlib.import_module(f"sslx.models.{name}")
   except ModuleNotFoundError:
-    raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet', 'c3d', 'r3d' "
-                     f"(a module under sslx/models/)") from None
+    raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet', 'c3d', 'r3d', "
+                     f"'l3_audio', 'waveform' (a module under sslx/models/)") from None
 
 
 def conv_kernels(model_config) -> str | None:
@@ -80,3 +80,29 @@ class PretextModel(nn.Module):
     # per-frame siamese encoders); "video": (N, T, H, W, C) for 3D backbones.
     features = self.backbone(inputs["video"] if "video" in inputs else inputs["image"], train=train)
     return self.head(features, train=train), features
+
+
+def max_pool_all(features) -> jnp.ndarray:
+  """``(B, ..., C)`` -> ``(B, C)``: the maximum over every axis between batch and channels
+  (space, time or frequency), in float32, as L3-Net pools its towers' last maps."""
+  return features.reshape(features.shape[0], -1, features.shape[-1]).astype(jnp.float32).max(axis=1)
+
+
+class AudioVisualModel(nn.Module):
+  """A visual backbone and an audio tower under one head: ``inputs["image"]`` (frames, or
+  ``inputs["video"]`` clips for a 3D backbone) and ``inputs["audio"]`` (waveforms ``(B, N)``)
+  -> (head outputs, the visual backbone's features).
+
+  The visual backbone's parameters stay under ``backbone`` (evaluation and ``load_backbone``
+  find it there) and the audio tower's under ``audio``; the head gets both feature dicts,
+  ``head(visual_features, audio_features, train=...)``.
+  """
+  backbone: nn.Module
+  audio: nn.Module
+  head: nn.Module
+
+  @nn.compact
+  def __call__(self, inputs, *, train: bool):
+    visual = self.backbone(inputs["video"] if "video" in inputs else inputs["image"], train=train)
+    heard = self.audio(inputs["audio"], train=train)
+    return self.head(visual, heard, train=train), visual

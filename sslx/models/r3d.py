@@ -15,7 +15,10 @@ extra ReLU doubles the nonlinearities. The stem is factorised the same way,
 1x7x7 then 3x1x1.
 
 Input ``(B, T, H, W, 3)``. Features ``stem`` and ``block1``..``block4`` (one
-per stage), plus ``pooled``, the global average of ``block4``.
+per stage), plus ``pooled``, the global average of the last block. ``stages`` < 4
+keeps only the first stages: the visual trunk of a network that fuses another
+stream into the later ones (Owens & Efros's early fusion after block 2,
+sslx/pretexts/audiovisual/synchronization.py).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Backbone(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   conv: str = "3d"
+  stages: int = 4  # How many of the 4 stages to keep (the trunk before a fusion).
 
   takes_video = True  # A plain class attribute, not a field: evaluation tells 3D from 2D by it.
 
@@ -82,13 +86,15 @@ class Backbone(nn.Module):
   def __call__(self, x, *, train: bool):
     if self.conv not in ("3d", "2plus1d"):
       raise ValueError(f"r3d conv {self.conv!r} is not supported: use '3d' or '2plus1d'")
+    if not 1 <= self.stages <= len(STAGE_SIZES):
+      raise ValueError(f"r3d stages {self.stages} is outside 1..{len(STAGE_SIZES)}: set model.stages")
     channels = lambda c: max(1, int(round(c * self.width)))  # noqa: E731
     x = x.astype(self.dtype)
     features = {}
     x = conv_bn(x, channels(64), 3, 7, (1, 2), conv=self.conv, relu=True, dtype=self.dtype,
                 name="stem", train=train)
     features["stem"] = x
-    for stage, num_blocks in enumerate(STAGE_SIZES):
+    for stage, num_blocks in enumerate(STAGE_SIZES[:self.stages]):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
         x = BasicBlock(channels(64 * 2**stage), strides, self.conv, self.dtype,

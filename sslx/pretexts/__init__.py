@@ -17,7 +17,10 @@ Required names of a pretext module:
   return ``{"image": (B*K, h, w, 3)}`` for a per-frame 2D backbone with shared weights or
   ``{"video": (B*K, t, h, w, 3)}`` for a 3D one. The trainer standardises every input array
   keyed ``image`` or ``video`` with the dataset's statistics. ``state`` is always passed by
-  keyword: the pretext's explicit state when it is stateful, else None.
+  keyword: the pretext's explicit state when it is stateful, else None. With sound
+  (``config.audio``) ``batch["audio"]`` is ``(B, A)`` mono float32 waveforms covering each
+  window plus ``audio.margin_seconds`` on each side (sslx/data/video.py). In training,
+  ``batch["step"]`` is the step number, for curricula (absent elsewhere).
 - ``head(cfg) -> nn.Module``: backbone features (a dict of block maps) -> outputs.
 - ``loss(outputs, targets, *, cfg) -> (scalar, {name: scalar})``.
 

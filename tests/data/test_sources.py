@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 from sslx import configs
 from sslx.data import image_ops, sources
-from tests.conftest import REPO
+from tests.conftest import DATA_DIR, REPO, requires_data
 
 
 def _write(path, array):
@@ -23,6 +24,18 @@ def test_sample_is_real_cifar_subset():
   assert train.num_classes == 10 and train.classes[0] == "airplane" and train.classes[-1] == "truck"
   image = image_ops.decode(train[0]["image"])
   assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and image.std() > 10
+
+
+def test_sample_av_is_sixteen_grid_clips_with_sound_in_four_command_classes():
+  from sslx.data import audio, video
+  train, test = sources.get_source("sample_av", "train"), sources.get_source("sample_av", "test")
+  assert isinstance(train, video.VideoFolderSource) and (len(train), len(test)) == (12, 4)
+  assert train.classes == test.classes == ["bin", "lay", "place", "set"]
+  assert np.bincount(train.labels).tolist() == [3] * 4 and np.bincount(test.labels).tolist() == [1] * 4
+  assert not set(train.paths) & set(test.paths)
+  assert all(audio.has_audio(p) for p in train.paths + test.paths)
+  assert audio.check_audio(test) == {"audio": 4, "no_audio": 0}
+  assert (video.SAMPLE_AV_DIR / "SOURCE.md").is_file()
 
 
 def test_folder_labels_greyscale_and_unlabeled(tmp_path):
@@ -168,3 +181,113 @@ def test_unprepared_tfds_dataset_fails_clearly(tmp_path, monkeypatch):
   monkeypatch.setenv("SSLX_DATA_DIR", str(tmp_path / "env"))  # The data directory is TFDS's too.
   with pytest.raises(FileNotFoundError, match=f"not readable in data_dir='{tmp_path / 'env'}'"):
     sources.get_source("tfds:cifar10", "train")
+
+
+# --- Labels from a CSV (GRID's labels.csv beside its flat s1/ folder). ---------------------------
+
+
+@requires_data("grid_av")
+def test_grid_s1_takes_its_command_labels_from_labels_csv_above_it():
+  config = configs.base_av()  # folder:grid_av/s1, labels.csv, column command.
+  train, test = sources.from_config(config, "train"), sources.from_config(config, "test")
+  assert (len(train), len(test)) == (45, 15) and not set(train.paths) & set(test.paths)
+  assert train.classes == test.classes == ["bin", "lay", "place", "set"]
+  assert train.label_file == test.label_file == DATA_DIR / "grid_av" / "labels.csv"
+  for source in (train, test):  # GRID's file-name code: its 1st letter is the command's (b/l/p/s).
+    assert all(source.classes[y][0] == Path(p).name[0] for p, y in zip(source.paths, source.labels))
+  assert np.bincount(test.labels).tolist() == [3, 4, 4, 4]  # Every 4th of the sorted 60 clips.
+
+
+@requires_data("grid_av", "grid_av_vid2speech")
+def test_any_column_of_the_csv_labels_the_clips():
+  colour = sources.get_source("folder:grid_av/s1", "train", label_file="labels.csv", label_column="color")
+  assert colour.classes == ["blue", "green", "red", "white"] and len(colour) == 45
+  assert all(colour.classes[y][0] == Path(p).name[1] for p, y in zip(colour.paths, colour.labels))
+  # A manifest in the clips' own folder, naming them bare.
+  flat = sources.get_source("folder:grid_av_vid2speech", "test", label_file="manifest.csv", label_column="command")
+  assert len(flat) and min(flat.labels) >= 0 and flat.classes == ["bin", "lay", "place", "set"]
+  # Evaluation overrides: evaluate.label_column alone reads the run's file for another column.
+  config = configs.base_av()
+  config.evaluate.label_column = "color"
+  assert sources.from_config(config, "test", evaluation=True).classes == colour.classes
+  assert sources.from_config(config, "test").classes[0] == "bin"  # Training keeps its own.
+  config.evaluate.label_file = ""  # The class folders (s1 has none): every clip unlabeled.
+  assert set(sources.from_config(config, "test", evaluation=True).labels) == {-1}
+
+
+def test_the_shipped_av_sample_keeps_its_class_folders_under_base_av():
+  source = sources.from_config(configs.quick_av(configs.base_av()), "train")
+  assert source.label_file is None and source.classes == ["bin", "lay", "place", "set"] and len(source) == 12
+
+
+def _clips_with_csv(tmp_path, rows):
+  """A data directory with folder set/clips of 8 empty .mp4 files a..h and set/labels.csv."""
+  clips = tmp_path / "data" / "set" / "clips"
+  clips.mkdir(parents=True)
+  for name in "abcdefgh":
+    (clips / f"{name}.mp4").write_bytes(b"")
+  (tmp_path / "data" / "set" / "labels.csv").write_text("file,command\n" + "".join(f"{f},{c}\n" for f, c in rows))
+  return str(tmp_path / "data")
+
+
+def test_csv_rows_match_clips_by_path_from_the_csv_folder_unlisted_clips_unlabeled(tmp_path):
+  rows = [("clips/a.mp4", "go"), ("clips/b.mp4", "stop"), ("./clips/c.mp4", "go"), ("clips/d.mp4", "wait"),
+          ("clips/e.mp4", ""), ("clips/f.mp4", "go"), ("clips/g.mp4", "stop"), ("elsewhere/z.mp4", "zzz")]
+  data_dir = _clips_with_csv(tmp_path, rows)
+  train = sources.get_source("folder:set/clips", "train", data_dir, label_file="labels.csv", label_column="command")
+  test = sources.get_source("folder:set/clips", "test", data_dir, label_file="labels.csv", label_column="command")
+  # Classes: the sorted values of the folder's listed clips, whichever split holds them ("wait": test only).
+  assert train.classes == test.classes == ["go", "stop", "wait"]
+  assert [Path(p).name for p in test.paths] == ["d.mp4", "h.mp4"] and test.labels == [2, -1]  # h unlisted.
+  assert train.labels == [0, 1, 0, -1, 0, 1]  # a b c e(empty value) f g.
+  by_path = sources.get_source(f"folder:{tmp_path / 'data' / 'set' / 'clips'}", "test", "/elsewhere",
+                               label_file=str(tmp_path / "data" / "set" / "labels.csv"), label_column="command")
+  assert by_path.labels == test.labels  # An absolute label_file, from a folder outside the data directory.
+
+
+def test_label_file_errors_are_one_line(tmp_path):
+  data_dir = _clips_with_csv(tmp_path, [("clips/a.mp4", "go")])
+  (tmp_path / "labels.csv").write_text("file,command\nset/clips/a.mp4,go\n")  # Above the data directory.
+  get = lambda split="train", **kw: sources.get_source("folder:set/clips", split, data_dir, **kw)  # noqa: E731
+  errors = [
+      (FileNotFoundError, "label file nope.csv not found in .*/set/clips or any folder above it up to the data "
+                          "directory .*/data: put it there", dict(label_file="nope.csv", label_column="command")),
+      (ValueError, r"has no column 'colour' \(columns: file, command\): set label_column to one of them",
+       dict(label_file="labels.csv", label_column="colour")),
+      (ValueError, "needs a label_column", dict(label_file="labels.csv", label_column=None)),
+  ]
+  for kind, message, kwargs in errors:
+    with pytest.raises(kind, match=message) as error:
+      get(**kwargs)
+    assert "\n" not in str(error.value)
+  # The search stops at the data directory: tmp_path/labels.csv, one level above, is not read.
+  (tmp_path / "data" / "set" / "labels.csv").unlink()
+  with pytest.raises(FileNotFoundError, match="not found in"):
+    get(label_file="labels.csv", label_column="command")
+  (tmp_path / "data" / "labels.csv").write_text("file,command\nother/a.mp4,go\n")
+  with pytest.raises(ValueError, match=r"labels none of the files under .*/set/clips \(its 'file' paths, e.g. "
+                                       r"'other/a.mp4', are relative to .*/data\)"):
+    get(label_file="labels.csv", label_column="command")
+  (tmp_path / "data" / "notes.csv").write_text("path,command\na.mp4,go\n")
+  with pytest.raises(ValueError, match="has no 'file' column"):
+    get(label_file="notes.csv", label_column="command")
+  _write(tmp_path / "data" / "imgs" / "a" / "0.png", np.zeros((4, 4, 3), np.uint8))
+  with pytest.raises(ValueError, match="labels clips, but dataset folder:imgs holds images"):
+    sources.get_source("folder:imgs", "train", data_dir, label_file="labels.csv", label_column="command")
+
+
+def test_mix_reads_several_datasets_as_one_with_their_classes_apart():
+  one, two = sources.get_source("sample_av", "train"), sources.get_source("sample_video", "train")
+  mixed = sources.get_source("mix:sample_av,sample_video", "train")
+  assert len(mixed) == len(one) + len(two) and mixed.num_classes == one.num_classes + two.num_classes
+  assert mixed.classes[0] == f"sample_av/{one.classes[0]}" and mixed.classes[-1] == f"sample_video/{two.classes[-1]}"
+  assert mixed[0]["video"] == one[0]["video"] and mixed[0]["label"] == one[0]["label"]
+  last = len(mixed) - 1
+  assert mixed[last]["video"] == two[len(two) - 1]["video"]
+  assert mixed[last]["label"] == two[len(two) - 1]["label"] + one.num_classes
+  assert mixed.paths == one.paths + two.paths and sources.holds_video(mixed)
+  assert len(sources.get_source("mix:sample_av,sample_video", "test")) == 4 + 11
+  with pytest.raises(ValueError, match=r"mix: needs at least two datasets"):
+    sources.get_source("mix:sample_av", "train")
+  with pytest.raises(ValueError, match=r"mixes clips and images"):
+    sources.get_source("mix:sample_av,sample", "train")

@@ -1,0 +1,1 @@
+"""Pretexts that learn from video with its sound: correspondence, synchronisation, localisation."""

@@ -1,0 +1,47 @@
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sslx import train
+from sslx.evaluate import sync
+from tests.conftest import tiny_config
+
+CFG = ml_collections.ConfigDict({"fps": 25.0, "audio_model": {"sample_rate": 16000}})
+
+
+def test_offset_windows_start_whole_frames_from_the_centre():
+  audio = np.arange(2 * 24320, dtype=np.float32).reshape(2, 24320)  # 0.32 s + 2 x 0.6 s at 16 kHz.
+  windows = sync.offset_windows(audio, [-15, -1, 0, 1, 15], num_frames=8, cfg=CFG)
+  assert windows.shape == (5, 2, 5120)
+  # The aligned window starts 9600 samples (0.6 s) in; one frame is 640 samples.
+  np.testing.assert_array_equal(windows[:, 0, 0], [0, 8960, 9600, 10240, 19200])
+  np.testing.assert_array_equal(windows[2, 1], audio[1, 9600:9600 + 5120])
+  with pytest.raises(ValueError, match=r"offsets of up to 16 frames need 0.64 s of audio beyond the window"):
+    sync.offset_windows(audio, [-16, 0], num_frames=8, cfg=CFG)
+
+
+def test_offset_metrics():
+  metrics = sync.offset_metrics(np.array([0, 1, -1, 3, -15]))
+  assert metrics == {"exact": 0.2, "within_1": 0.6, "mean_abs_error_frames": 4.0}
+
+
+def test_reads_the_checkpoint_and_searches_every_offset(tmp_path):
+  config = tiny_config("synchronization_r3d_grid.py")
+  train.train(config, str(tmp_path))
+  results = sync.evaluate(str(tmp_path))
+  assert results["clips"] == 4 and results["windows"] == 8 and results["max_offset_frames"] == 15
+  for name in ("pretrained", "random_init"):
+    row = results[name]
+    assert len(row["predicted"]) == 8 and all(-15 <= p <= 15 for p in row["predicted"])
+    assert 0 <= row["exact"] <= row["within_1"] <= 1
+  assert json.loads(open(results["written_to"]).read())["windows"] == 8
+  with pytest.raises(ValueError, match="need 0.64 s of audio beyond the window"):
+    sync.evaluate(str(tmp_path), overrides={"evaluate.max_offset_frames": "16"})
+
+
+def test_a_run_without_a_sync_head_is_a_one_line_error(trained_workdir):
+  workdir, _, _ = trained_workdir
+  with pytest.raises(ValueError, match=r"trained with image.rotation, not audiovisual.synchronization"):
+    sync.evaluate(workdir)
