@@ -61,6 +61,14 @@ def classification(*, logits, labels, reduction=True, weights=None):
       "accuracy": accuracy(logits=logits, labels=labels, reduction=reduction, weights=weights)}
 
 
+def binary_classification(*, logits, labels, reduction=True, weights=None):
+  """A binary classifier's loss and metrics from one logit per example (label 1 where the logit
+  should be positive): ``(sigmoid_xent, {"accuracy": sign of the logit against the label})``."""
+  correct = ((logits > 0).astype(jnp.int32) == labels).astype(jnp.float32)
+  return (sigmoid_xent(logits=logits, labels=labels.astype(jnp.float32), reduction=reduction, weights=weights),
+          {"accuracy": _reduce(correct, reduction=reduction, weights=weights)})
+
+
 def triplet_semihard(*, embeddings, labels, margin=0.5, reduction=True, weights=None):
   """Triplet loss with semi-hard negatives (Schroff et al., FaceNet, CVPR 2015).
 

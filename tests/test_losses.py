@@ -80,6 +80,19 @@ def test_classification_is_softmax_xent_and_accuracy():
     losses.classification(logits, labels)  # noqa
 
 
+def test_binary_classification_is_sigmoid_xent_and_the_sign_of_the_logit():
+  logits = jnp.array([2.0, -1.0, 0.5, -3.0])
+  labels = jnp.array([1, 0, 0, 1])
+  value, metrics = losses.binary_classification(logits=logits, labels=labels)
+  np.testing.assert_allclose(value, losses.sigmoid_xent(logits=logits, labels=labels.astype(jnp.float32)))
+  assert float(metrics["accuracy"]) == pytest.approx(0.5)
+  weights = jnp.array([1.0, 1.0, 0.0, 0.0])
+  _, metrics = losses.binary_classification(logits=logits, labels=labels, weights=weights)
+  assert float(metrics["accuracy"]) == 1.0
+  _, metrics = losses.binary_classification(logits=logits, labels=labels, reduction=False)
+  np.testing.assert_array_equal(metrics["accuracy"], [1.0, 1.0, 0.0, 0.0])
+
+
 def _decreases(loss_of_params, params, steps=20, lr=0.1):
   tx = optax.sgd(lr)
   opt_state = tx.init(params)

@@ -310,6 +310,28 @@ def extract_pretrained_and_random(loaded, splits, *, dataset: str, data_dir: str
   return out, max(source.num_classes for source in split_sources.values()), skipped
 
 
+def av_windows(source, config, *, batch_size: int):
+  """Every clip's evaluation windows with their sound, for the audio-visual scripts: (video
+  (N, T, H, W, 3) uint8, audio (N, A), clip id (N,), window slot (N,), skipped clips), with
+  ``evaluate.num_clips`` windows per clip spread evenly over it."""
+  num_clips = config.evaluate.get("num_clips", 1)
+  preprocess = run.make_preprocess(config, source, train=False, num_clips=num_clips)
+  dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False)
+  videos, audios, clips = [], [], []
+  for batch in dataset:
+    video, audio = batch["video"], batch["audio"]
+    if num_clips == 1:
+      video, audio = video[:, None], audio[:, None]
+    videos.append(video.reshape((-1,) + video.shape[2:]))
+    audios.append(audio.reshape((-1, audio.shape[-1])))
+    clips.append(np.repeat(batch["index"], num_clips))
+  if not videos:
+    raise ValueError("no clip could be evaluated (all skipped): check the dataset has sound")
+  clip = np.concatenate(clips)
+  slot = np.tile(np.arange(num_clips), len(clip) // num_clips)
+  return np.concatenate(videos), np.concatenate(audios), clip, slot, preprocess.skipped
+
+
 # --- The scripts' shared plumbing. ------------------------------------------------------------
 
 
@@ -334,6 +356,13 @@ def define_workdir_flags(dataset_help: str = "Evaluation data; default: the conf
   flags.DEFINE_string("dataset", None, dataset_help)
   flags.DEFINE_string("data_dir", None, "Data directory: folder:NAME datasets resolve against it, and "
                       "TFDS reads tfds: datasets from it; default: the run's config.")
+
+
+def define_split_flags(stem: str) -> None:
+  """The audio-visual scripts' ``--splits`` (several splits evaluated together) and ``--name``."""
+  flags.DEFINE_list("splits", None, "Splits to evaluate together (default: evaluate.test_split); "
+                    "e.g. train,test for a speaker never trained on.")
+  flags.DEFINE_string("name", None, f"Suffix of the result files: eval/{stem}-NAME.json.")
 
 
 def apply_overrides(config, overrides: dict[str, str], program: str):

@@ -27,10 +27,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from sslx import checkpoints, models, run
-from sslx.data import pipeline, sources
+from sslx.data import sources
 from sslx.evaluate import common
 from sslx.pretexts.audiovisual import correspondence
 
@@ -73,27 +72,6 @@ def pair_scores_fn(config):
     return jax.lax.map(row, v)
 
   return scores
-
-
-def windows_of(source, config, *, batch_size: int):
-  """Every clip's evaluation windows: (video (N, T, H, W, 3) uint8, audio (N, A), clip id (N,),
-  window slot (N,), skipped clips)."""
-  num_clips = config.evaluate.get("num_clips", 1)
-  preprocess = run.make_preprocess(config, source, train=False, num_clips=num_clips)
-  dataset = pipeline.make_dataset(source, preprocess, batch_size=batch_size, seed=0, train=False)
-  videos, audios, clips = [], [], []
-  for batch in dataset:
-    video, audio = batch["video"], batch["audio"]
-    if num_clips == 1:
-      video, audio = video[:, None], audio[:, None]
-    videos.append(video.reshape((-1,) + video.shape[2:]))
-    audios.append(audio.reshape((-1, audio.shape[-1])))
-    clips.append(np.repeat(batch["index"], num_clips))
-  if not videos:
-    raise ValueError("no clip could be evaluated (all skipped): check the dataset has sound")
-  clip = np.concatenate(clips)
-  slot = np.tile(np.arange(num_clips), len(clip) // num_clips)
-  return np.concatenate(videos), np.concatenate(audios), clip, slot, preprocess.skipped
 
 
 def negative_partners(clip: np.ndarray, slot: np.ndarray) -> np.ndarray:
@@ -156,7 +134,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   cfg = config.evaluate
   dataset = dataset or cfg.get("dataset") or config.dataset
   splits = tuple(splits or (cfg.test_split,))
-  parts = [windows_of(sources.from_config(config, split, dataset=dataset, data_dir=data_dir, labels=False),
+  parts = [common.av_windows(sources.from_config(config, split, dataset=dataset, data_dir=data_dir, labels=False),
                       config,
                       batch_size=cfg.batch_size) for split in splits]
   # Clip ids are per split; offset them so that clips of different splits never share one.
@@ -190,9 +168,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
 
 def _define_flags():
   common.define_workdir_flags()
-  flags.DEFINE_list("splits", None, "Splits to evaluate together (default: evaluate.test_split); "
-                    "e.g. train,test for a speaker never trained on.")
-  flags.DEFINE_string("name", None, "Suffix of the result files: eval/correspondence-NAME.json.")
+  common.define_split_flags("correspondence")
 
 
 USAGE = """Usage: sslx-correspondence --workdir=DIR [--dataset=SPEC] [--splits=a,b] [--name=NAME]

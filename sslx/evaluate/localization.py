@@ -50,7 +50,6 @@ from absl import flags
 from sslx import checkpoints, run
 from sslx.data import sources, video
 from sslx.evaluate import common
-from sslx.evaluate import correspondence as correspondence_eval
 from sslx.montage import montage
 from sslx.pretexts.audiovisual import correspondence
 
@@ -316,8 +315,7 @@ def _windows_with_files(config, split, *, dataset, data_dir, boxes: dict, boxes_
   if lacking:
     raise ValueError(f"{boxes_path} has no mouth box for {len(lacking)} of the {len(paths)} clips of {dataset} "
                      f"{split} (e.g. {lacking[0]}): add rows {','.join(BOX_COLUMNS)} for them")
-  windows, audio, clip, slot, skipped = correspondence_eval.windows_of(source, config,
-                                                                       batch_size=config.evaluate.batch_size)
+  windows, audio, clip, slot, skipped = common.av_windows(source, config, batch_size=config.evaluate.batch_size)
   return windows, audio, [paths[c] for c in clip], slot, skipped
 
 
@@ -387,9 +385,7 @@ def _define_flags():
   common.define_workdir_flags()
   flags.DEFINE_string("boxes", None, "CSV of mouth boxes, columns file,top,left,height,width (fractions of the "
                       "original frame), one row per evaluated clip; e.g. benchmarks/grid_mouth_boxes.csv.")
-  flags.DEFINE_list("splits", None, "Splits to evaluate together (default: evaluate.test_split); "
-                    "e.g. train,test for a speaker never trained on.")
-  flags.DEFINE_string("name", None, "Suffix of the result files: eval/localization-NAME.json.")
+  common.define_split_flags("localization")
 
 
 USAGE = """Usage: sslx-localization --workdir=DIR --boxes=CSV [--dataset=SPEC] [--splits=a,b] [--name=NAME]

@@ -21,12 +21,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from sslx import checkpoints, run
 from sslx.data import sources
 from sslx.evaluate import common
-from sslx.evaluate.correspondence import windows_of
 from sslx.pretexts.audiovisual import synchronization
 
 
@@ -92,7 +90,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   offsets = np.arange(-max_offset, max_offset + 1)
   dataset = dataset or cfg.get("dataset") or config.dataset
   splits = tuple(splits or (cfg.test_split,))
-  parts = [windows_of(sources.from_config(config, split, dataset=dataset, data_dir=data_dir, labels=False),
+  parts = [common.av_windows(sources.from_config(config, split, dataset=dataset, data_dir=data_dir, labels=False),
                       config,
                       batch_size=cfg.batch_size) for split in splits]
   video = np.concatenate([p[0] for p in parts])
@@ -124,9 +122,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
 
 def _define_flags():
   common.define_workdir_flags()
-  flags.DEFINE_list("splits", None, "Splits to evaluate together (default: evaluate.test_split); "
-                    "e.g. train,test for a speaker never trained on.")
-  flags.DEFINE_string("name", None, "Suffix of the result files: eval/sync-NAME.json.")
+  common.define_split_flags("sync")
 
 
 USAGE = """Usage: sslx-sync --workdir=DIR [--dataset=SPEC] [--splits=a,b] [--name=NAME]

@@ -202,7 +202,4 @@ def model(backbone, cfg) -> nn.Module:
 
 def loss(outputs, targets, *, cfg):
   del cfg
-  labels = targets["label"]
-  value = losses.sigmoid_xent(logits=outputs, labels=labels.astype(jnp.float32))
-  accuracy = jnp.mean(((outputs > 0).astype(jnp.int32) == labels).astype(jnp.float32))
-  return value, {"accuracy": accuracy}
+  return losses.binary_classification(logits=outputs, labels=targets["label"])
