@@ -116,7 +116,7 @@ def audio_length(config) -> int:
   plus ``audio.margin_seconds`` on each side, at ``audio.sample_rate`` (sslx/data/video.py)."""
   v, a = config.video, config.audio
   span = (v.num_frames - 1) * v.frame_stride + 1
-  return int(round((span / v.fps + 2 * a.margin_seconds) * a.sample_rate))
+  return video.audio_window_length(span, v.fps, a.margin_seconds, a.sample_rate)
 
 
 def make_preprocess(config, source, *, train: bool, num_clips: int = 1):

@@ -384,6 +384,12 @@ class FrameCache:
         self.bytes -= sum(v.nbytes for v in old if isinstance(v, np.ndarray))
 
 
+def audio_window_length(span: int, fps: float, margin: float, sample_rate: int) -> int:
+  """Samples delivered with a window of ``span`` frames: its time plus ``margin`` seconds on each
+  side, at ``sample_rate`` (the same for every clip)."""
+  return int(round((span / fps + 2 * margin) * sample_rate))
+
+
 class VideoPreprocess:
   """One clip record -> ``{"video": (T, S, S, 3) uint8, "label", "index"}`` or None (skipped).
 
@@ -431,7 +437,7 @@ class VideoPreprocess:
     self.cache = FrameCache(int(cache_mb * 2**20)) if cache_mb else None
     self.audio_rate, self.audio_margin = audio_rate, audio_margin
     # Samples per window, the same for every clip: the span's time plus both margins.
-    self.audio_length = round((self.span / fps + 2 * audio_margin) * audio_rate) if audio_rate else 0
+    self.audio_length = audio_window_length(self.span, fps, audio_margin, audio_rate) if audio_rate else 0
     self.skipped_unreadable = 0
     self.skipped_short = 0
     self.skipped_no_audio = 0  # No audio stream, or one that cannot be decoded (TFDS records: none).
