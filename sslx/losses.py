@@ -69,6 +69,18 @@ def binary_classification(*, logits, labels, reduction=True, weights=None):
           {"accuracy": _reduce(correct, reduction=reduction, weights=weights)})
 
 
+def contrastive_margin(*, distances, labels, margin=1.0, reduction=True, weights=None):
+  """The contrastive loss of Hadsell, Chopra & LeCun (CVPR 2006), as SyncNet trains with it:
+  ``(y d^2 + (1 - y) max(margin - d, 0)^2) / 2`` per pair of Euclidean distance ``d`` (label 1:
+  the pair matches), and ``{"accuracy": d < margin / 2 against the label}``."""
+  d = distances.astype(jnp.float32)
+  y = labels.astype(jnp.float32)
+  per_pair = 0.5 * (y * jnp.square(d) + (1.0 - y) * jnp.square(jnp.maximum(margin - d, 0.0)))
+  correct = ((d < margin / 2).astype(jnp.int32) == labels).astype(jnp.float32)
+  return (_reduce(per_pair, reduction=reduction, weights=weights),
+          {"accuracy": _reduce(correct, reduction=reduction, weights=weights)})
+
+
 def triplet_semihard(*, embeddings, labels, margin=0.5, reduction=True, weights=None):
   """Triplet loss with semi-hard negatives (Schroff et al., FaceNet, CVPR 2015).
 

@@ -1,5 +1,6 @@
 """Synchronisation offset detection on held-out clips, for a run trained with
-``audiovisual.synchronization``.
+``audiovisual.synchronization`` (a sync logit per pair) or ``audiovisual.syncnet`` (a distance
+per pair: the smaller, the better in sync).
 
     sslx-sync --workdir DIR [--dataset folder:grid_av_vid2speech --splits train,test]
 
@@ -9,8 +10,10 @@ of one frame; the predicted offset is the best-scoring one, and the truth is 0 (
 in sync). Each clip gives ``evaluate.num_clips`` windows spread evenly over it (the host's
 evaluation sampling). Reported: exact accuracy (chance 1 / 31), accuracy within +-1 frame
 (chance 3 / 31), and the mean absolute error in frames, for the checkpoint and for the same
-model at random initialisation (seed ``evaluate.seed``). The host must deliver audio for the
-largest offset: ``audio.margin_seconds`` >= ``max_offset_frames / video.fps`` (0.6 s at 25 fps).
+model at random initialisation (seed ``evaluate.seed``), twice: per window, and per clip,
+where each offset's scores are first averaged over all windows of the clip (what the public
+SyncNet code does with a whole video's distances before taking the best offset). The host
+must deliver audio for the largest offset: ``audio.margin_seconds`` >= ``max_offset_frames / video.fps`` (0.6 s at 25 fps).
 Writes DIR/eval/sync[-NAME].json and .md.
 """
 
@@ -25,7 +28,10 @@ import numpy as np
 from sslx import checkpoints, run
 from sslx.data import sources
 from sslx.evaluate import common
-from sslx.pretexts.audiovisual import synchronization
+from sslx.pretexts.audiovisual import synchronization, syncnet
+
+# The pretexts whose models score audio-visual pairs, each with its ``offset_scores``.
+SYNC_PRETEXTS = {"audiovisual.synchronization": synchronization, "audiovisual.syncnet": syncnet}
 
 
 def offset_windows(audio, offsets_frames, *, num_frames: int, cfg):
@@ -43,8 +49,10 @@ def offset_windows(audio, offsets_frames, *, num_frames: int, cfg):
 
 
 def scores_fn(config, model):
-  """Jitted (variables, uint8 windows (B, T, H, W, 3), audio (K, B, L)) -> (K, B) logits: each
-  window against K audio windows (the head pairs audio row j with video row j mod B)."""
+  """Jitted (variables, uint8 windows (B, T, H, W, 3), audio (K, B, L)) -> (K, B) scores, higher
+  in sync: each window against K audio windows (the head pairs audio row j with video row
+  j mod B)."""
+  offset_scores = SYNC_PRETEXTS[config.pretext.name].offset_scores
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
 
   @jax.jit
@@ -52,7 +60,7 @@ def scores_fn(config, model):
     frames = run.standardize_inputs({"video": video.astype(jnp.float32) / 255.0}, mean, std)["video"]
     inputs = {"video": frames, "audio": audio.reshape((-1, audio.shape[-1]))}
     outputs, _ = model.apply(variables, inputs, train=False)
-    return outputs.reshape(audio.shape[:2])
+    return offset_scores(outputs).reshape(audio.shape[:2])
 
   return scores
 
@@ -64,16 +72,23 @@ def offset_metrics(predicted: np.ndarray) -> dict:
           "mean_abs_error_frames": float(np.mean(predicted))}
 
 
+def per_clip_offsets(scores: np.ndarray, clips: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  """``(offsets, windows)`` scores and each window's clip -> each clip's best offset, its
+  windows' scores averaged first (SyncNet's whole-video decision)."""
+  return np.array([offsets[np.argmax(scores[:, clips == c].mean(axis=1))] for c in np.unique(clips)])
+
+
 def markdown_table(results: dict) -> str:
   span = 2 * results["max_offset_frames"] + 1
   rows = [("exact offset (%)", "exact", 100 / span), ("within +-1 frame (%)", "within_1", 300 / span),
           ("mean absolute error (frames)", "mean_abs_error_frames",
            2 * sum(range(results["max_offset_frames"] + 1)) / span)]
   lines = ["| measure | pretrained | random init | chance |", "|---|---|---|---|"]
-  for name, key, chance in rows:
-    scale = 100 if key != "mean_abs_error_frames" else 1
-    lines.append(f"| {name} | {scale * results['pretrained'][key]:.1f} | "
-                 f"{scale * results['random_init'][key]:.1f} | {chance:.1f} |")
+  for unit, suffix in (("window", ""), ("clip", "_per_clip")):
+    for name, key, chance in rows:
+      scale = 100 if key != "mean_abs_error_frames" else 1
+      lines.append(f"| per {unit}: {name} | {scale * results['pretrained'][key + suffix]:.1f} | "
+                   f"{scale * results['random_init'][key + suffix]:.1f} | {chance:.1f} |")
   return "\n".join(lines)
 
 
@@ -82,9 +97,9 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
              overrides: dict[str, str] | None = None) -> dict:
   loaded = checkpoints.load_run(workdir)
   config = common.apply_overrides(loaded.config, overrides or {}, "sslx-sync")
-  if config.pretext.name != "audiovisual.synchronization":
-    raise ValueError(f"{workdir} was trained with {config.pretext.name}, not audiovisual.synchronization: "
-                     f"sync offsets need a synchronisation head")
+  if config.pretext.name not in SYNC_PRETEXTS:
+    raise ValueError(f"{workdir} was trained with {config.pretext.name}, not one of {sorted(SYNC_PRETEXTS)}: "
+                     f"sync offsets need a model that scores audio-visual pairs")
   cfg = config.evaluate
   max_offset = int(cfg.get("max_offset_frames", 15))
   offsets = np.arange(-max_offset, max_offset + 1)
@@ -96,6 +111,9 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   video = np.concatenate([p[0] for p in parts])
   audio = offset_windows(np.concatenate([p[1] for p in parts]), offsets, num_frames=video.shape[1],
                          cfg=config.pretext)
+  # A window's clip, unique across splits (each split numbers its clips from 0).
+  first_ids = np.cumsum([0] + [int(p[2].max()) + 1 for p in parts[:-1]])
+  clip_of = np.concatenate([p[2] + first for p, first in zip(parts, first_ids)])
   clips = sum(len(np.unique(p[2])) for p in parts)
   pretext, model = run.build_model(config)
   example = {"video": jnp.zeros((1,) + video.shape[1:], jnp.float32), "audio": jnp.asarray(audio[:2, :1, :]).reshape(2, -1)}
@@ -112,7 +130,8 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
                                               jnp.asarray(audio[:, s:s + batch])))
                              for s in range(0, len(video), batch)], axis=1)  # (offsets, windows)
     predicted = offsets[np.argmax(logits, axis=0)]
-    results[label] = dict(offset_metrics(predicted), predicted=predicted.tolist())
+    per_clip = {f"{k}_per_clip": v for k, v in offset_metrics(per_clip_offsets(logits, clip_of, offsets)).items()}
+    results[label] = dict(offset_metrics(predicted), **per_clip, predicted=predicted.tolist())
   stem = "sync" + (f"-{name}" if name else "")
   return common.write_results(
       workdir, stem, results, table=markdown_table(results),

@@ -16,7 +16,10 @@ Here:
   max is ``sslx.models.max_pool_all(features["block4"])``.
 - ``width`` multiplies every block's channels (rounded); ``mel_bins > 0`` swaps the linear
   spectrogram for a log-mel one with that many bands (OpenL3's "mel128" / "mel256" inputs,
-  Cramer et al., ICASSP 2019).
+  Cramer et al., ICASSP 2019); ``mfcc_coefficients > 0`` swaps it for that many MFCCs over
+  ``mel_bins`` (40 where unset) bands, with the end padded so that 0.2 s gives 20 frames at a
+  10 ms hop (SyncNet's audio input, 13 MFCCs at 100 Hz: ``window_length`` 400, ``hop_length``
+  160 at 16 kHz).
 - The spectrogram (dB, tens of dB louder at low frequencies than high) is standardised per
   frequency bin by a BatchNorm without scale or offset before the first convolution: its
   running mean and variance adapt to the data's level and spectral tilt with no parameter and
@@ -73,6 +76,7 @@ class Backbone(nn.Module):
   hop_length: int = 240
   floor_db: float = -80.0  # Log-spectrogram floor (sslx.audio.power_to_db).
   mel_bins: int = 0  # 0: L3-Net's linear-frequency spectrogram; > 0: log-mel with that many bands.
+  mfcc_coefficients: int = 0  # > 0: MFCCs instead (SyncNet: 13), over mel_bins (or 40) bands.
   width: float = 1.0
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
@@ -88,6 +92,9 @@ class Backbone(nn.Module):
     waveforms = waveforms.astype(jnp.float32)
     kwargs = dict(n_fft=self.n_fft, window_length=self.window_length,
                   hop_length=self.hop_length, floor_db=self.floor_db)
+    if self.mfcc_coefficients > 0:
+      return audio.mfcc(waveforms, sample_rate=self.sample_rate, num_coefficients=self.mfcc_coefficients,
+                        num_mels=self.mel_bins or 40, pad_end=True, **kwargs)
     if self.mel_bins > 0:
       return audio.log_mel_spectrogram(waveforms, sample_rate=self.sample_rate,
                                        num_mels=self.mel_bins, **kwargs)

@@ -43,5 +43,5 @@ def test_reads_the_checkpoint_and_searches_every_offset(tmp_path):
 
 def test_a_run_without_a_sync_head_is_a_one_line_error(trained_workdir):
   workdir, _, _ = trained_workdir
-  with pytest.raises(ValueError, match=r"trained with image.rotation, not audiovisual.synchronization"):
+  with pytest.raises(ValueError, match=r"trained with image.rotation, not one of"):
     sync.evaluate(workdir)

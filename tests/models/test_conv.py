@@ -192,3 +192,17 @@ def test_pointwise_module_is_a_drop_in_for_nn_dense():
     # Same names, shapes and initial values: checkpoints of either load into the other.
     jax.tree.map(np.testing.assert_array_equal, own, params)
     np.testing.assert_allclose(module.apply(params, x), dense.apply(params, x), rtol=1e-6, atol=1e-6)
+
+
+def test_maps_smaller_than_the_kernel_go_to_xla_not_onednn():
+  # oneDNN 2023.2 corrupted the heap (a crash at a later free, on some runs) for a 3x3 kernel
+  # on 2x1, 1x2 and 2x2 maps, with 16 examples and 16 -> 32 channels: SyncNet's MFCC tower.
+  _require_onednn()
+  layer = conv.Conv(8, (3, 3), kernels="onednn")
+  for shape, uses_onednn in (((4, 2, 1, 3), False), ((4, 2, 2, 3), False), ((4, 3, 3, 3), True)):
+    x = jnp.ones(shape)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    hlo = jax.jit(lambda v, x_: layer.apply(v, x_)).lower(variables, x).as_text()
+    assert (onednn.TARGET in hlo) == uses_onednn, shape
+    np.testing.assert_allclose(layer.apply(variables, x), _reference(x, variables["params"]["kernel"], (1, 1)),
+                               rtol=1e-5, atol=1e-5)
