@@ -230,10 +230,6 @@ class Pointwise(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     kernels = resolve_kernels(self.kernels, self.dtype)
-    if kernels == "onednn" and (x.shape[1] < kh or x.shape[2] < kw):
-      # oneDNN 2023.2 corrupts the heap on maps smaller than the kernel (a 3x3 kernel on a 2x1 or
-      # 2x2 map, found on SyncNet's MFCC tower; tests/models/test_conv.py): XLA's kernel there.
-      kernels = "xla"
     if kernels == "xla":
       return jnp.dot(x, kernel)
     if kernels == "onednn":

@@ -27,8 +27,16 @@ def test_offset_metrics():
   assert metrics == {"exact": 0.2, "within_1": 0.6, "mean_abs_error_frames": 4.0}
 
 
-def test_reads_the_checkpoint_and_searches_every_offset(tmp_path):
-  config = tiny_config("synchronization_r3d_grid.py")
+def test_per_clip_offsets_average_each_offsets_scores_over_the_clips_windows():
+  offsets = np.array([-1, 0, 1])
+  # Clip 0's windows prefer -1 and 0 alone, 0 on average; clip 1's one window prefers +1.
+  scores = np.array([[3.0, 0.0, 0.0], [2.0, 2.0, 0.0], [0.0, 1.0, 5.0]])
+  np.testing.assert_array_equal(sync.per_clip_offsets(scores, np.array([0, 0, 1]), offsets), [0, 1])
+
+
+@pytest.mark.parametrize("experiment", ["synchronization_r3d_grid.py", "syncnet_grid.py"])
+def test_reads_the_checkpoint_and_searches_every_offset(tmp_path, experiment):
+  config = tiny_config(experiment)
   train.train(config, str(tmp_path))
   results = sync.evaluate(str(tmp_path))
   assert results["clips"] == 4 and results["windows"] == 8 and results["max_offset_frames"] == 15
@@ -36,6 +44,7 @@ def test_reads_the_checkpoint_and_searches_every_offset(tmp_path):
     row = results[name]
     assert len(row["predicted"]) == 8 and all(-15 <= p <= 15 for p in row["predicted"])
     assert 0 <= row["exact"] <= row["within_1"] <= 1
+    assert 0 <= row["exact_per_clip"] <= row["within_1_per_clip"] <= 1
   assert json.loads(open(results["written_to"]).read())["windows"] == 8
   with pytest.raises(ValueError, match="need 0.64 s of audio beyond the window"):
     sync.evaluate(str(tmp_path), overrides={"evaluate.max_offset_frames": "16"})
