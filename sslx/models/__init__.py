@@ -35,7 +35,7 @@ def _module(name: str):
     return importlib.import_module(f"sslx.models.{name}")
   except ModuleNotFoundError:
     raise ValueError(f"unknown model name {name!r}: use one of 'convnet', 'resnet', 'c3d', 'r3d', "
-                     f"'l3_audio', 'waveform' (a module under sslx/models/)") from None
+                     f"'l3_audio', 'waveform', 'stacked_frames' (a module under sslx/models/)") from None
 
 
 def conv_kernels(model_config) -> str | None:
