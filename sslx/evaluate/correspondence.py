@@ -10,6 +10,11 @@ exactly as in training (the middle frame, ``pretext.audio_seconds`` of audio cen
 - **Correspondence accuracy**, balanced: every window is scored with its own audio (a
   positive) and with the audio of the same window slot of the next clip in the list (a
   negative from another clip), so there are as many positives as negatives and chance is 50 %.
+  Same-slot negatives are the hard case on data whose clips share a structure in time (every
+  GRID sentence is silence, six words, silence: the negative is also speech, or also silence).
+  A second accuracy pairs each frame with the next clip's audio half a clip away in time
+  (slot ``s + num_clips // 2``), closer to L3-Net's negatives at any time of another video;
+  the gap between the two says how much of the accuracy is speech against silence.
 - **Retrieval** among the N test windows: the network's correspondence score (the logit of
   "corresponds" minus that of "does not") of every (frame, audio) pair ranks, for each frame,
   all N audio windows (video -> audio) and, for each audio window, all N frames (audio ->
@@ -74,14 +79,16 @@ def pair_scores_fn(config):
   return scores
 
 
-def negative_partners(clip: np.ndarray, slot: np.ndarray) -> np.ndarray:
-  """For each window, the same slot of the next clip in the list (cyclically): another clip."""
+def negative_partners(clip: np.ndarray, slot: np.ndarray, *, slot_shift: int = 0) -> np.ndarray:
+  """For each window, slot ``s + slot_shift`` (cyclically over the slots) of the next clip in
+  the list (cyclically): another clip, at the same time (0) or another time."""
   order = np.unique(clip)
   if len(order) < 2:
     raise ValueError("correspondence needs at least 2 clips to draw negatives from: evaluate more clips")
   position = {(c, s): i for i, (c, s) in enumerate(zip(clip, slot))}
   following = {c: order[(k + 1) % len(order)] for k, c in enumerate(order)}
-  return np.asarray([position.get((following[c], s), position[(following[c], 0)])
+  num_slots = int(slot.max()) + 1
+  return np.asarray([position.get((following[c], (s + slot_shift) % num_slots), position[(following[c], 0)])
                      for c, s in zip(clip, slot)])
 
 
@@ -92,7 +99,8 @@ def recall_at(scores: np.ndarray, ks=RECALL_K) -> dict[str, float]:
   return {str(k): float(np.mean(rank < k)) for k in ks}
 
 
-def score_model(variables, features_fn, scores_fn, video, audio, partners, *, batch_size: int) -> dict:
+def score_model(variables, features_fn, scores_fn, video, audio, partners, other_time_partners, *,
+                batch_size: int) -> dict:
   v_parts, a_parts = [], []
   for start in range(0, len(video), batch_size):
     v, a = features_fn(variables, jnp.asarray(video[start:start + batch_size]),
@@ -104,14 +112,19 @@ def score_model(variables, features_fn, scores_fn, video, audio, partners, *, ba
   n = len(v)
   positive = np.diag(scores) > 0
   negative = scores[np.arange(n), partners] <= 0
+  other_time = scores[np.arange(n), other_time_partners] <= 0
   return {"accuracy": float((positive.sum() + negative.sum()) / (2 * n)),
           "positives_right": float(positive.mean()), "negatives_right": float(negative.mean()),
+          "accuracy_other_time": float((positive.sum() + other_time.sum()) / (2 * n)),
+          "negatives_right_other_time": float(other_time.mean()),
           "video_to_audio": recall_at(scores), "audio_to_video": recall_at(scores.T)}
 
 
 def markdown_table(results: dict) -> str:
   n = results["windows"]
-  rows = [("correspondence accuracy (%)", lambda r: 100 * r["accuracy"], 50.0)]
+  rows = [("correspondence accuracy, negatives at the same time (%)", lambda r: 100 * r["accuracy"], 50.0),
+          ("correspondence accuracy, negatives at another time (%)", lambda r: 100 * r["accuracy_other_time"],
+           50.0)]
   for direction in ("video_to_audio", "audio_to_video"):
     for k in RECALL_K:
       rows.append((f"{direction.replace('_', ' ')} recall@{k} (%)",
@@ -145,6 +158,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   video, audio = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
   clip, slot = np.concatenate(clip_ids), np.concatenate([p[3] for p in parts])
   partners = negative_partners(clip, slot)
+  other_time_partners = negative_partners(clip, slot, slot_shift=max(1, cfg.get("num_clips", 1) // 2))
   pretext, model = run.build_model(config)
   inputs, _ = pretext.make_inputs(jax.random.PRNGKey(0), {"video": jnp.asarray(video[:2], jnp.float32) / 255,
                                                            "audio": jnp.asarray(audio[:2]),
@@ -158,7 +172,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   for label, variables in (("pretrained", trained), ("random_init", random_init)):
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     results[label] = score_model(variables, features_fn, scores_fn, video, audio, partners,
-                                 batch_size=cfg.batch_size)
+                                 other_time_partners, batch_size=cfg.batch_size)
   stem = "correspondence" + (f"-{name}" if name else "")
   return common.write_results(
       workdir, stem, results, table=markdown_table(results),

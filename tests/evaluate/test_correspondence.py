@@ -19,6 +19,8 @@ def test_negative_partners_are_the_same_slot_of_another_clip():
   slot = np.array([0, 1, 0, 1, 0, 1])
   partners = correspondence.negative_partners(clip, slot)
   np.testing.assert_array_equal(partners, [2, 3, 4, 5, 0, 1])
+  # Another time: the next clip's other slot.
+  np.testing.assert_array_equal(correspondence.negative_partners(clip, slot, slot_shift=1), [3, 2, 5, 4, 1, 0])
   with pytest.raises(ValueError, match="at least 2 clips"):
     correspondence.negative_partners(np.zeros(3, int), np.arange(3))
 
@@ -30,6 +32,7 @@ def test_reads_the_checkpoint_and_scores_held_out_clips(trained_av_workdir):
   for name in ("pretrained", "random_init"):
     row = results[name]
     assert row["accuracy"] == pytest.approx((row["positives_right"] + row["negatives_right"]) / 2)
+    assert row["accuracy_other_time"] == pytest.approx((row["positives_right"] + row["negatives_right_other_time"]) / 2)
     for direction in ("video_to_audio", "audio_to_video"):
       recalls = [row[direction][str(k)] for k in correspondence.RECALL_K]
       assert recalls == sorted(recalls) and recalls[-1] == 1.0  # k = 10 >= 8 windows covers all.
