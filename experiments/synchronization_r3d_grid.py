@@ -1,5 +1,5 @@
 """Audio-visual synchronisation after Owens & Efros (ECCV 2018), early fusion, on GRID talking
-faces: a small R3D trunk (stem and 2 stages) on 8-frame windows of the lower face, the paper's
+faces: a small R3D trunk (stem and 2 stages) on 8-frame windows of the mouth, the paper's
 raw-waveform tower at width 1/4 on 16 kHz audio, fused after the trunk's second block.
 
 Every clip gives its aligned audio (label 1) and its own audio shifted by 0.08-0.6 s (2-15

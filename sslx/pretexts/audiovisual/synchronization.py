@@ -29,9 +29,10 @@ curriculum of Korbar, Tran & Torresani (AVTS, NeurIPS 2018) as an option.
   offsets: the model takes ``k * B`` audio clips for ``B`` video windows and pairs audio
   ``j`` with video ``j mod B`` (the same tiling that trains "both examples").
 
-Defaults that differ from the paper: a small R3D trunk on 48 px crops of the lower face where
-the paper has a ResNet-18-sized 3D network on 224 px frames; 16 kHz mono audio (21 kHz
-stereo there); plain BatchNorm (batch renormalisation there); AdamW on a CPU schedule.
+Defaults that differ from the paper (experiments/synchronization_r3d_grid.py): a small R3D
+trunk on 32 px crops of the mouth where the paper has a ResNet-18-sized 3D network on 224 px
+frames; 16 kHz mono audio (21 kHz stereo there); plain BatchNorm (batch renormalisation there);
+AdamW on a CPU schedule.
 
 Inputs: ``{"video": (B, T, H, W, 3), "audio": (2B, T / fps * sample_rate)}`` (aligned audio
 first, then the negatives); targets: ``{"label": (2B,), "shift": (2B,)}`` (the audio's offset
