@@ -7,11 +7,11 @@ multiple-instance learning over the places of the frame: each location's 128-d e
 compared with the sound's, and the best location decides. In GRID the answer should be the
 mouth; sslx-localization counts how often the map's peak falls in each test clip's mouth box.
 
-- Data, frames and audio exactly as correspondence_l3_grid.py: speaker 1's 60 clips in the data
-  directory's ``grid_av/s1`` (45 train, 15 test), 25 fps, one frame per example, the square
-  ``video.region`` around the lower face (rows 40-95 %, columns 27-73 % of the 360x288 frame)
-  resized to 72 px with random 64 px crops, 16 kHz audio through L3's log-spectrogram with a
-  10 ms hop.
+- Data and audio as correspondence_l3_grid.py: speaker 1's 60 clips in the data directory's
+  ``grid_av/s1`` (45 train, 15 test), 25 fps, one frame per example, 16 kHz audio through L3's
+  log-spectrogram with a 10 ms hop. Frames, unlike there (the mouth box): the square
+  ``video.region`` around the lower face (rows 40-95 %, columns 27-73 % of the 360x288 frame),
+  resized to 72 px with random 64 px crops, so that the mouth is one place among others.
 - Towers: the NIN-style ConvNet (32/64/128 channels), whose block3 map is 16 x 16 on a 64 px
   crop (the paper's conv5: 14 x 14 on 224 px), and L3's audio subnetwork at width 0.25.
 - Evaluate with ``sslx-localization --workdir DIR --boxes benchmarks/grid_mouth_boxes.csv``
