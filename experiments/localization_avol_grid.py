@@ -30,9 +30,11 @@ def get_config(arg=None):
   c.video.region = (0.40, 0.27, 0.55, 0.46)  # The lower face: 158 x 166 px of GRID's 288 x 360.
   c.model.widths = (32, 64, 128)
   c.batch_size = 32
-  c.total_steps = 1000
+  # 400 steps (5 min alone on 2 cores): training accuracy 0.557 over the last 50. The same
+  # cosine schedule stretched over 1,000 steps kept the rate high and stayed at chance (0.515).
+  c.total_steps = 400
   c.log_every = 50
-  c.checkpoint_every = 250
+  c.checkpoint_every = 100
   if arg == "quick":
     c = configs.quick_av(c)
   return c
