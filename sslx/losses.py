@@ -91,25 +91,47 @@ def triplet_semihard(*, embeddings, labels, margin=0.5, reduction=True, weights=
   ``reduction=False`` its mean per anchor ``(N,)`` (0 for an anchor without a
   positive). ``weights`` is per anchor.
   """
+  same = labels[:, None] == labels[None, :]
+  return triplet_semihard_masked(embeddings=embeddings, positives=same & ~jnp.eye(len(labels), dtype=bool),
+                                 negatives=~same, margin=margin, reduction=reduction, weights=weights)
+
+
+def triplet_semihard_masked(*, embeddings, positives, negatives, margin=0.5, reduction=True, weights=None):
+  """``triplet_semihard`` with the pairs given as ``(N, N)`` boolean masks: ``positives[a, p]``
+  (a positive of anchor a; the diagonal should be False) and ``negatives[a, n]``; pairs in
+  neither are ignored (time-contrastive networks leave a gap between the two ranges). An
+  anchor-positive pair without any negative contributes nothing."""
   x = embeddings.astype(jnp.float32)
   sq = jnp.sum(x * x, axis=-1)
   dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
-  same = labels[:, None] == labels[None, :]
-  n = x.shape[0]
-  positive = same & ~jnp.eye(n, dtype=bool)
-  negative = ~same
   big = jnp.finfo(jnp.float32).max
-  # d[a, p, n]: is negative n semi-hard for (a, p), i.e. farther than p?
-  farther = negative[:, None, :] & (dist[:, None, :] > dist[:, :, None])
+  # farther[a, p, n]: is negative n semi-hard for (a, p), i.e. farther from a than p is?
+  farther = negatives[:, None, :] & (dist[:, None, :] > dist[:, :, None])
   semi_hard = jnp.min(jnp.where(farther, dist[:, None, :], big), axis=-1)
-  hardest_fallback = jnp.max(jnp.where(negative, dist, -big), axis=-1)[:, None]
+  hardest_fallback = jnp.max(jnp.where(negatives, dist, -big), axis=-1)[:, None]
   chosen = jnp.where(jnp.any(farther, axis=-1), semi_hard, hardest_fallback)
-  per_pair = jnp.maximum(dist - chosen + margin, 0.0) * positive
+  positive = positives & jnp.any(negatives, axis=-1, keepdims=True)
+  per_pair = jnp.where(positive, jnp.maximum(dist - chosen + margin, 0.0), 0.0)
   if not reduction:
     counts = jnp.maximum(positive.sum(-1), 1)
     return _reduce(per_pair.sum(-1) / counts, reduction=False, weights=weights)
   pair_weights = positive if weights is None else positive * weights[:, None]
   return jnp.sum(per_pair * pair_weights) / jnp.maximum(jnp.sum(pair_weights), 1e-8)
+
+
+def npairs(*, anchors, positives, valid=None, temperature=1.0, reduction=True, weights=None):
+  """Multi-class N-pair loss (Sohn, NeurIPS 2016): anchor i must pick its own positive i
+  among all positives of the batch, softmax cross-entropy over ``anchors @ positives.T /
+  temperature``. ``valid[i, j]`` (boolean ``(N, N)``, optional) drops positive j from anchor
+  i's candidates when it is not a true negative for it (for example, a frame close in time in
+  the same video); the own positive is always kept."""
+  logits = anchors.astype(jnp.float32) @ positives.astype(jnp.float32).T / temperature
+  n = logits.shape[0]
+  own = jnp.eye(n, dtype=bool)
+  if valid is not None:
+    logits = jnp.where(valid | own, logits, -jnp.inf)
+  per_anchor = -jnp.diagonal(jax.nn.log_softmax(logits, axis=-1))
+  return _reduce(per_anchor, reduction=reduction, weights=weights)
 
 
 def l2_loss(*, predictions, targets, reduction=True, weights=None):
