@@ -7,8 +7,9 @@ L2-normalised embeddings, semi-hard triplet loss with margin 0.2. Each clip give
 their positives from a 16-frame (1.6 s) window, so every anchor has frames beyond the negative
 radius in its window.
 
-Sized, not yet trained for evidence: 16 clips x 8 frames = 128 frames of 64 px per step through
-the ConvNet, 600 steps. Optimizer: configs.base_video's AdamW 1e-3, cosine.
+16 clips x 8 frames = 128 frames of 64 px per step through the ConvNet, 600 steps: 11 min on 2
+CPU cores (docs/results.md). 9 of the 99 training videos are shorter than the window and skipped.
+Optimizer: configs.base_video's AdamW 1e-3, cosine.
 """
 
 from sslx import configs
