@@ -168,10 +168,11 @@ def loss(outputs, targets, *, cfg):
   else:
     value = losses.triplet_semihard_masked(embeddings=outputs, positives=positives, negatives=negatives,
                                            margin=cfg.margin)
-  # How often a frame's nearest frame in embedding (among its positives and negatives) is a positive.
-  dist = jnp.sum(jnp.square(outputs[:, None, :] - outputs[None, :, :]), axis=-1)
+  # How often a frame's nearest frame in embedding (among its positives and negatives) is a positive;
+  # the embeddings are unit vectors, so the nearest is the largest dot product.
+  similarity = outputs @ outputs.T
   considered = positives | negatives
-  nearest = jnp.argmin(jnp.where(considered, dist, jnp.inf), axis=-1)
+  nearest = jnp.argmax(jnp.where(considered, similarity, -jnp.inf), axis=-1)
   has_both = jnp.any(positives, axis=-1) & jnp.any(negatives, axis=-1)
   hit = jnp.take_along_axis(positives, nearest[:, None], axis=-1)[:, 0]
   accuracy = jnp.sum(hit & has_both) / jnp.maximum(jnp.sum(has_both), 1)
