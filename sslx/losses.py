@@ -134,6 +134,28 @@ def npairs(*, anchors, positives, valid=None, temperature=1.0, reduction=True, w
   return _reduce(per_anchor, reduction=reduction, weights=weights)
 
 
+def pointer_xent(*, logits, reference_labels, target_labels, reduction=True, weights=None):
+  """Cross-entropy of a pointer that copies labels (Vondrick et al., ECCV 2018): each target
+  location i points at reference location j with probability softmax_j(logits[..., i, j]) and
+  predicts j's label, so the probability of the true label is the pointer's mass on references
+  that carry it: loss_i = -log sum_{j: ref_j = target_i} softmax(logits_i)_j.
+
+  ``logits`` ``(..., T, R)``, ``reference_labels`` ``(..., R)`` and ``target_labels``
+  ``(..., T)`` integers. A target whose label no reference carries cannot be copied: its loss
+  is 0 and it leaves the mean (``reduction=True`` averages over the copyable targets only).
+  """
+  logits = logits.astype(jnp.float32)
+  match = reference_labels[..., None, :] == target_labels[..., :, None]
+  copyable = jnp.any(match, axis=-1)
+  matched = jax.nn.logsumexp(jnp.where(match, logits, -jnp.inf), axis=-1)
+  per_target = jnp.where(copyable, jax.nn.logsumexp(logits, axis=-1) - jnp.where(copyable, matched, 0.0), 0.0)
+  mask = copyable if weights is None else copyable * weights
+  if not reduction:
+    return per_target * mask
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(per_target * mask) / jnp.maximum(jnp.sum(mask), 1e-8)
+
+
 def l2_loss(*, predictions, targets, reduction=True, weights=None):
   """Squared Euclidean distance ``||predictions - targets||^2``, summed over trailing axes."""
   diff = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
