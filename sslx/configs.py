@@ -111,6 +111,10 @@ def base_video() -> ml_collections.ConfigDict:
       "sampling": "motion",  # 'motion': among high-motion windows; 'random': any window.
       "motion": "flow",  # 'flow': mean Farneback magnitude; 'diff': mean frame difference.
       "motion_quantile": 0.5,  # Windows at or above this quantile of the clip's motion.
+      # Per-pixel motion maps delivered with the frames as batch["motion"] (B, T, S, S) uint8, for
+      # motion segmentation: `motion` flow less the frame's median flow, or frame differences,
+      # normalised per clip (sslx/data/video.py, motion_maps).
+      "motion_masks": False,
       "cache_mb": 2048,  # Decoded-frame cache per process (0: decode every time, seeking).
       "test_every": 4,  # Folders without split folders: every 4th clip per class is test.
       # tfds: video datasets whose records carry no timestamps: their frame rate (None: known

@@ -102,13 +102,21 @@ def example_batch(config, batch_size: int = 2) -> dict:
            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
   if config.get("audio") is not None:
     batch["audio"] = jax.ShapeDtypeStruct((batch_size, audio_length(config)), jnp.float32)
+  if delivers_motion(config):
+    batch["motion"] = jax.ShapeDtypeStruct(shape[:-1], jnp.uint8)
   return batch
 
 
+def delivers_motion(config) -> bool:
+  """Whether the host delivers per-pixel motion maps with the frames (``video.motion_masks``)."""
+  return config.get("video") is not None and bool(config.video.get("motion_masks", False))
+
+
 def batch_keys(config) -> tuple[str, ...]:
-  """What the training step reads of a host batch: the media, source indices, labels, and
-  with sound (``config.audio``) the waveforms."""
-  return (media_key(config), "index", "label") + (("audio",) if config.get("audio") is not None else ())
+  """What the training step reads of a host batch: the media, source indices, labels, with
+  sound (``config.audio``) the waveforms, with ``video.motion_masks`` the motion maps."""
+  return ((media_key(config), "index", "label") + (("audio",) if config.get("audio") is not None else ())
+          + (("motion",) if delivers_motion(config) else ()))
 
 
 def audio_length(config) -> int:

@@ -73,6 +73,20 @@ def tiny_video_config():
   return c
 
 
+_QUICK_RUNS: dict = {}
+
+
+def quick_run(name, tmp_path_factory):
+  """The two-step quick run of ``experiments/<name>``, trained once per test session: (workdir,
+  final state, metrics). The every-config test and the evaluation scripts' tests share it."""
+  if name not in _QUICK_RUNS:
+    from sslx import train
+    workdir = str(tmp_path_factory.mktemp(name[:-len(".py")]))
+    state, metrics = train.train(tiny_config(name), workdir)
+    _QUICK_RUNS[name] = (workdir, state, metrics)
+  return _QUICK_RUNS[name]
+
+
 @pytest.fixture(scope="session")
 def trained_video_workdir(tmp_path_factory):
   """A two-step quick video run: its workdir and final state."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sslx import checkpoints, process, run, train
-from tests.conftest import REPO, tiny_config, train_until_killed
+from tests.conftest import REPO, quick_run, tiny_config, train_until_killed
 from tests.trees import assert_trees_close
 
 EXPERIMENTS = sorted(p.name for p in (REPO / "experiments").glob("*.py"))
@@ -21,15 +21,15 @@ def _params_close(a, b, atol=0.0):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_runs_two_steps_in_quick_mode(name, tmp_path):
+def test_every_experiment_runs_two_steps_in_quick_mode(name, tmp_path_factory):
   config = tiny_config(name)
-  state, metrics = train.train(config, str(tmp_path))
+  workdir, state, metrics = quick_run(name, tmp_path_factory)  # Shared with the evaluation tests.
   assert int(state.step) == 2
   assert np.isfinite(metrics["loss"]) and metrics["images_per_sec"] > 0
-  meta = json.loads((tmp_path / "config.json").read_text())
+  meta = json.loads((Path(workdir) / "config.json").read_text())
   assert meta["global_batch_size"] == config.batch_size and meta["device_count"] == jax.device_count()
   assert meta["config"]["pretext"]["name"] == config.pretext.name
-  assert list((tmp_path / "tensorboard").iterdir())
+  assert list((Path(workdir) / "tensorboard").iterdir())
 
 
 def _logged(workdir, tag):

@@ -321,6 +321,40 @@ def motion_scores(frames: np.ndarray, method: str = "flow", size: int = 64) -> n
   return scores
 
 
+MOTION_MAP_QUANTILE = 0.95  # A clip's motion maps are divided by this quantile of their values,
+# but never by less than this much motion (px of flow, grey levels of difference): a clip where
+# nothing moves gives empty maps, not its noise blown up.
+MOTION_MAP_FLOOR = {"flow": 0.5, "diff": 8.0}
+
+
+def motion_maps(frames: np.ndarray, method: str = "flow") -> np.ndarray:
+  """(N, h, w, 3) uint8 -> (N, h, w) uint8: how much each pixel moves, for pseudo ground-truth
+  masks of what moves (motion segmentation).
+
+  ``flow``: Farneback flow from each frame to the next, less the frame's median flow vector (the
+  camera's motion, when the background fills most of the frame), as a magnitude; ``diff``: the
+  absolute grey-level difference to the next frame. The last frame takes its predecessor's map.
+  Each clip is normalised on its own: divided by the clip's 95th percentile (``MOTION_MAP_QUANTILE``)
+  or by ``MOTION_MAP_FLOOR`` when that is larger (0.5 px of flow, 8 grey levels), clipped to
+  [0, 1] and stored as 0-255."""
+  import cv2
+  grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+  maps = np.zeros(frames.shape[:3], np.float32)
+  for i in range(len(frames) - 1):
+    if method == "flow":
+      flow = cv2.calcOpticalFlowFarneback(grey[i], grey[i + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
+      flow -= np.median(flow.reshape(-1, 2), axis=0)
+      maps[i] = np.linalg.norm(flow, axis=-1)
+    elif method == "diff":
+      maps[i] = np.abs(grey[i + 1].astype(np.float32) - grey[i])
+    else:
+      raise ValueError(f"unknown video.motion {method!r}: use 'flow' (Farneback) or 'diff'")
+  if len(frames) > 1:
+    maps[-1] = maps[-2]
+  scale = max(float(np.quantile(maps, MOTION_MAP_QUANTILE)) if maps.size else 0.0, MOTION_MAP_FLOOR[method])
+  return np.round(np.clip(maps / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def window_starts(num_frames: int, span: int, scores: np.ndarray | None, quantile: float) -> np.ndarray:
   """Start positions of the windows of ``span`` frames allowed for motion-aware sampling:
   those whose mean motion is at or above the ``quantile`` of all windows' means."""
@@ -349,6 +383,7 @@ class WholeClip(NamedTuple):
   scores: np.ndarray | None
   audio: np.ndarray | None = None
   audio_start: float = 0.0
+  motion: np.ndarray | None = None  # (N, h, w) uint8 motion maps (``motion_maps``), when asked for.
 
 
 class FrameCache:
@@ -403,6 +438,10 @@ class VideoPreprocess:
   decoded frame, before resizing: a fixed region of interest, such as the lower half of a
   face centred in the frame (GRID), at the resolution a small network can use.
 
+  With ``motion_masks``, records also hold ``"motion"``: ``(T, S, S)`` uint8 motion maps of the
+  window's frames (``motion_maps``, computed once per clip and cached with its frames), cropped
+  and flipped with them.
+
   With ``audio_rate`` (Hz), records also hold ``"audio"``: float32 ``(A,)`` mono
   samples over the window's presentation time plus ``audio_margin`` seconds on
   each side (module docstring), ``(num_clips, A)`` for several evaluation
@@ -416,7 +455,8 @@ class VideoPreprocess:
                resize_size: int | None = None, flip: bool = False, train: bool = True,
                sampling: str = "motion", motion: str = "flow", motion_quantile: float = 0.5,
                num_clips: int = 1, cache_mb: float = 1024, audio_rate: int | None = None,
-               audio_margin: float = 0.0, region: tuple[float, float, float, float] | None = None):
+               audio_margin: float = 0.0, region: tuple[float, float, float, float] | None = None,
+               motion_masks: bool = False):
     check_region(region)
     self.region = tuple(region) if region is not None else None
     if audio_rate is not None and audio_rate <= 0:
@@ -434,6 +474,7 @@ class VideoPreprocess:
     self.flip, self.train = flip, train
     self.sampling, self.motion, self.motion_quantile = sampling, motion, motion_quantile
     self.num_clips = num_clips
+    self.motion_masks = motion_masks
     self.cache = FrameCache(int(cache_mb * 2**20)) if cache_mb else None
     self.audio_rate, self.audio_margin = audio_rate, audio_margin
     # Samples per window, the same for every clip: the span's time plus both margins.
@@ -500,7 +541,8 @@ class VideoPreprocess:
     frames = decoded[0]
     needs_motion = self.train and self.sampling == "motion"
     scores = motion_scores(frames, self.motion) if needs_motion else None
-    value = WholeClip(frames, scores, sound, sound_start)
+    maps = motion_maps(frames, self.motion) if self.motion_masks else None
+    value = WholeClip(frames, scores, sound, sound_start, maps)
     if self.cache is not None:
       self.cache.put(key, value)
     return value
@@ -564,7 +606,7 @@ class VideoPreprocess:
     rng = rng if rng is not None else np.random.default_rng(0)
     sound = None
     if (self.train and self.cache is None and self.sampling == "random" and isinstance(path, str)
-        and not self.audio_rate):
+        and not self.audio_rate and not self.motion_masks):
       clip = self._window_without_cache(path, rng)
       if isinstance(clip, tuple):
         self._count(*clip, path)
@@ -597,12 +639,18 @@ class VideoPreprocess:
         starts = uniform_starts(length, self.span, self.num_clips) + lo
       single = self.train or self.num_clips == 1
       clips = [frames[s:s + self.span:self.frame_stride] for s in starts]
+      if whole.motion is not None:  # The maps ride along as a fourth channel: the same crop and flip.
+        clips = [np.concatenate([c, whole.motion[s:s + self.span:self.frame_stride, ..., None]], axis=-1)
+                 for c, s in zip(clips, starts)]
       clip = clips[0] if single else np.stack(clips)
       if self.audio_rate:
         sounds = [whole.audio[offsets[s]:offsets[s] + self.audio_length] for s in starts]
         sound = sounds[0] if single else np.stack(sounds)
-    out = {"video": self._crop_flip(clip, rng), "label": np.int32(record["label"]),
-           "index": np.int32(record.get("index", -1))}
+    clip = self._crop_flip(clip, rng)
+    out = {"video": clip[..., :3], "label": np.int32(record["label"]), "index": np.int32(record.get("index", -1))}
+    if self.motion_masks:
+      out["motion"] = np.ascontiguousarray(clip[..., 3])
+      out["video"] = np.ascontiguousarray(out["video"])
     if sound is not None:
       out["audio"] = np.array(sound, np.float32)  # A copy: the cached track stays untouched.
     self.delivered += 1  # Only ever read as "zero or not": no lock needed.
@@ -621,7 +669,7 @@ def preprocess_from_config(config, *, train: bool, num_clips: int = 1) -> VideoP
                          motion_quantile=v.motion_quantile, num_clips=num_clips, cache_mb=v.cache_mb,
                          audio_rate=a.sample_rate if a is not None else None,
                          audio_margin=a.get("margin_seconds", 0.0) if a is not None else 0.0,
-                         region=v.get("region"))
+                         region=v.get("region"), motion_masks=bool(v.get("motion_masks", False)))
 
 
 def check_lengths(source, *, fps: float, span: int) -> dict:

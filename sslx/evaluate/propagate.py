@@ -23,7 +23,7 @@ Beside the run's backbone: the same backbone at random init, raw pixels (CIE Lab
 ``pixel_scale``, area-averaged to the same grid, through the same propagation with similarity
 -||x - y||^2 / 2, which equals the cosine less 1 for unit vectors), and the identity baseline
 (the first mask copied to every frame). Pictures of the propagated masks over the frames go to
-DIR/eval/propagate/<sequence>.png. Never train on the sequences evaluated here.
+DIR/eval/propagate/<sequence>.jpg. Never train on the sequences evaluated here.
 
 Writes DIR/eval/propagate.json and .md.
 """
@@ -289,7 +289,39 @@ def overlay(frames, masks, truth):
   return np.where(edges[..., None], np.array([0.1, 1.0, 0.1], np.float32), out)
 
 
-# ------------------------------------------------------------------ the script
+# ------------------------------------------------------------------ the script (shared with sslx-segment)
+
+
+def open_sequences(dataset: str, data_dir, names: str, program: str):
+  """The DAVIS-format sequences of ``folder:NAME`` (``names``: comma-separated, "" for all) and
+  {name: reason} for those skipped; one-line errors for another kind of dataset or none readable."""
+  if not dataset.startswith("folder:"):
+    raise ValueError(f"{program} reads a folder of DAVIS-format sequences, got --dataset {dataset}: pass "
+                     f"folder:NAME (e.g. folder:davis2016)")
+  root = sources.folder_path(dataset[len("folder:"):], data_dir)
+  sequences, skipped = davis.load_sequences(root, [n for n in str(names).split(",") if n])
+  if not sequences:
+    raise ValueError(f"no sequence in {root} could be read: {skipped}")
+  return sequences, skipped
+
+
+def save_overlays(path: str, seq, rows, count: int) -> None:
+  """``count`` frames of ``seq`` spread between its second and last but one, one row per mask
+  sequence in ``rows`` (``overlay``), as a JPEG."""
+  picks = np.linspace(1, len(seq.masks) - 2, count).round().astype(int)
+  small = input_size(*seq.masks.shape[1:], 120)
+  tiles = [[resize_frames(overlay(seq.frames[[t]], masks[[t]], seq.masks[[t]]), small)[0] for t in picks]
+           for masks in rows]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  cv2.imwrite(path, np.ascontiguousarray(montage(tiles)[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def mean_scores(per_sequence: dict, methods) -> dict:
+  """{method: {"J", "F", "J&F"}}: each measure's mean over the sequences."""
+  return {m: {k: float(np.mean([row[m][k] for row in per_sequence.values()])) for k in ("J", "F", "J&F")}
+          for m in methods}
+
+
 
 
 def settings_of(config) -> ml_collections.ConfigDict:
@@ -319,14 +351,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   config = common.apply_overrides(config, overrides or {}, "sslx-propagate")
   cfg = config.evaluate.propagation
   dataset = dataset or cfg.dataset
-  if not dataset.startswith("folder:"):
-    raise ValueError(f"sslx-propagate reads a folder of DAVIS-format sequences, got --dataset {dataset}: "
-                     f"pass folder:NAME (e.g. folder:davis2016)")
-  root = sources.folder_path(dataset[len("folder:"):], data_dir or config.get("data_dir"))
-  names = [n for n in str(cfg.sequences).split(",") if n]
-  sequences, skipped = davis.load_sequences(root, names)
-  if not sequences:
-    raise ValueError(f"no sequence in {root} could be read: {skipped}")
+  sequences, skipped = open_sequences(dataset, data_dir or config.get("data_dir"), cfg.sequences, "sslx-propagate")
 
   backbone_fn = backbone_features_fn(loaded.backbone, config)
   variables = {"pretrained": loaded.variables,
@@ -354,14 +379,9 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
     results["sequences"][seq.name] = row
     results["block"] = block
     if cfg.pictures:
-      os.makedirs(picture_dir, exist_ok=True)
-      picks = np.linspace(1, len(seq.masks) - 2, cfg.pictures).round().astype(int)
-      small = input_size(*shape, 120)
-      tiles = [[resize_frames(overlay(seq.frames[[t]], shown[m][[t]], seq.masks[[t]]), small)[0] for t in picks]
-               for m in ("pretrained", "pixels")]
-      cv2.imwrite(os.path.join(picture_dir, f"{seq.name}.png"), np.ascontiguousarray(montage(tiles)[..., ::-1]))
-  results["mean"] = {m: {k: float(np.mean([r[m][k] for r in results["sequences"].values()]))
-                         for k in ("J", "F", "J&F")} for m in METHODS}
+      save_overlays(os.path.join(picture_dir, f"{seq.name}.jpg"), seq, [shown["pretrained"], shown["pixels"]],
+                    cfg.pictures)
+  results["mean"] = mean_scores(results["sequences"], METHODS)
   return common.write_results(
       workdir, "propagate", results, table=markdown_table(results),
       title=f"Label propagation, {dataset}, checkpoint step {loaded.step}, block {results['block']}: "

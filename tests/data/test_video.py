@@ -231,3 +231,54 @@ def test_a_source_of_only_unusable_clips_fails_instead_of_waiting_forever(tmp_pa
   batches = pipeline.make_dataset(source, preprocess, batch_size=2, seed=0, train=True, num_threads=1)
   with pytest.raises(Exception, match="clips were all skipped"):
     next(iter(batches))
+
+
+def test_motion_maps_mark_what_moves_against_the_camera():
+  y, x = np.mgrid[0:64, 0:96]  # A smooth texture that flow can follow.
+  wide = np.clip(120 + 50 * np.sin(x / 5.0) + 40 * np.cos(y / 4.0 + x / 9.0), 0, 255).astype(np.uint8)
+  wide = np.repeat(wide[..., None], 3, axis=-1)
+  frames = []
+  for t in range(5):  # The camera pans (the scene slides 2 px left a frame); a square moves 3 px right.
+    frame = wide[8:56, 2 * t:2 * t + 64].copy()
+    frame[16:32, 16 + 3 * t:32 + 3 * t] = 255
+    frames.append(frame)
+  maps = video.motion_maps(np.stack(frames))
+  assert maps.shape == (5, 48, 64) and maps.dtype == np.uint8
+  square = np.zeros((48, 64), bool)
+  square[16:32, 16:44] = True  # Where the square is over frames 0-3.
+  for t in range(4):  # Flow smooths the square's edges into the background: medians, not means.
+    assert np.median(maps[t][~square]) < 0.1 * np.median(maps[t][square])
+  np.testing.assert_array_equal(maps[4], maps[3])  # The last frame takes its predecessor's map.
+  still = np.repeat(np.stack(frames)[:1], 5, axis=0)
+  # Nothing moves: Farneback's border noise (under 0.25 px) stays under half the floor, not blown up.
+  assert video.motion_maps(still).max() < 128
+
+
+def test_motion_maps_are_delivered_cropped_and_flipped_with_their_frames(tmp_path):
+  path = write_clip(tmp_path / "c.mp4", fps=10, num_frames=20, moving=True, size=(48, 64))
+  record = {"video": path, "label": 0, "index": 0}
+  plain = make_preprocess(train=False, flip=False, motion_masks=True)(record, None)
+  frames = video.decode(path, fps=10, resize_size=32)[0]
+  start = video.uniform_starts(len(frames), 4, 1)[0]
+  left = (frames.shape[2] - 32) // 2
+  expected = video.motion_maps(frames)[start:start + 4, :, left:left + 32]
+  np.testing.assert_array_equal(plain["motion"], expected)
+  np.testing.assert_array_equal(plain["video"], frames[start:start + 4, :, left:left + 32])
+  # In training, the maps get the frames' own window, crop and flip: find those from the frames,
+  # then the maps must be exactly the clip's maps under the same window, crop and flip.
+  maps = video.motion_maps(frames)
+  flipped_seen = set()
+  for seed in range(6):
+    out = make_preprocess(flip=True, motion_masks=True)(record, np.random.default_rng(seed))
+    matches = [(s, top, left, flip) for s in range(len(frames) - 3) for top in range(frames.shape[1] - 31)
+               for left in range(frames.shape[2] - 31) for flip in (False, True)
+               if np.array_equal(out["video"], transform(frames, s, top, left, flip))]
+    assert matches
+    assert any(np.array_equal(out["motion"], transform(maps[..., None], *m)[..., 0]) for m in matches)
+    flipped_seen |= {m[3] for m in matches}
+  assert flipped_seen == {False, True}
+
+
+def transform(clip, start, top, left, flip):
+  window = clip[start:start + 4, top:top + 32, left:left + 32]
+  return window[:, :, ::-1] if flip else window

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sslx.evaluate import propagate
-from tests.conftest import requires_data
+from tests.conftest import quick_run, requires_data
 
 
 def square(shape, top, left, side):
@@ -89,8 +89,9 @@ def test_a_moving_object_is_followed_by_its_colour():
 
 
 @requires_data("davis2016")
-def test_script_reads_the_checkpoint_and_scores_against_the_baselines(trained_video_workdir):
-  workdir, _, _ = trained_video_workdir
+def test_script_reads_the_checkpoint_and_scores_against_the_baselines(tmp_path_factory):
+  # A tracking-by-colorization run: its backbone sees grey frames (the pretext's backbone_input).
+  workdir, _, _ = quick_run("colorization_tracking_convnet_mix.py", tmp_path_factory)
   results = propagate.evaluate(workdir, overrides={"evaluate.propagation.sequences": "blackswan",
                                                    "evaluate.propagation.size": "48",
                                                    "evaluate.propagation.pictures": "2"})
@@ -105,7 +106,7 @@ def test_script_reads_the_checkpoint_and_scores_against_the_baselines(trained_vi
   seq = davis.load_sequence(DATA_DIR / "davis2016", "blackswan")
   identity = np.mean([propagate.region_similarity(seq.masks[0], m) for m in seq.masks[1:-1]])
   assert row["identity"]["J"] == pytest.approx(identity)
-  assert os.path.getsize(os.path.join(workdir, "eval", "propagate", "blackswan.png")) > 1000
+  assert os.path.getsize(os.path.join(workdir, "eval", "propagate", "blackswan.jpg")) > 1000
   assert json.load(open(results["written_to"]))["mean"]["pixels"] == results["mean"]["pixels"]
   with pytest.raises(ValueError, match=r"no sequence 'swan'"):
     propagate.evaluate(workdir, overrides={"evaluate.propagation.sequences": "swan"})
