@@ -9,7 +9,7 @@ One frame per clip from the delivered window, per-pixel binary cross-entropy on 
 
 - Data (data directory): ``av_sound_source`` (15 train clips of 20), ``video_samples`` (7 of 9),
   ``egogestar`` (99 of 132), each split by clip (every 4th is test).
-- 64 clips (one frame each) of 64 px per step, 1,500 steps (docs/results.md gives the time).
+- 64 clips (one frame each) of 64 px per step, 800 steps (docs/results.md gives the time).
   Optimizer: configs.base_video's AdamW 1e-3, cosine.
 """
 
@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.video.motion_masks = True
   c.video.num_frames = 4  # One frame per clip is used; a short window keeps the host's copy small.
   c.batch_size = 64
-  c.total_steps = 1500
+  c.total_steps = 800
   c.log_every = 50
-  c.checkpoint_every = 500
+  c.checkpoint_every = 400
   return configs.quick_video(c) if arg == "quick" else c

@@ -98,20 +98,14 @@ def trained_video_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
-  """A two-step quick rotation run: its workdir and final state."""
-  from sslx import train
-  workdir = str(tmp_path_factory.mktemp("run"))
-  state, metrics = train.train(tiny_config(), workdir)
-  return workdir, state, metrics
+  """A two-step quick rotation run: its workdir, final state and metrics (the every-config test's)."""
+  return quick_run("rotation_convnet_sample.py", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def trained_av_workdir(tmp_path_factory):
   """Two steps of L3-Net correspondence in quick mode (the shipped talking-face sample): its workdir."""
-  from sslx import train
-  workdir = str(tmp_path_factory.mktemp("av_run"))
-  train.train(tiny_config("correspondence_l3_grid.py"), workdir)
-  return workdir
+  return quick_run("correspondence_l3_grid.py", tmp_path_factory)[0]
 
 
 def train_until_killed(config, workdir, monkeypatch, *, kill_at_batch: int, batch_size=None):

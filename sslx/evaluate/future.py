@@ -8,8 +8,8 @@ past frames and predicts the rest; each predicted frame (clipped to [0, 1]) is s
 the true one by PSNR (dB, peak 1) and SSIM (Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5,
 K1 0.01, K2 0.03, per RGB channel, averaged; borders reflected), per horizon step, averaged over
 the windows; beside the copy of the last past frame, which is also what the untrained model
-predicts (its decoder starts at zero). Pictures: one row per window for the first windows (past
-frames, true future, predicted future) in DIR/eval/future.png.
+predicts (its decoder starts at zero). Pictures: one row per clip, its middle window, for the
+first clips (past frames, true future, predicted future) in DIR/eval/future.png.
 Writes DIR/eval/future.json and .md.
 """
 
@@ -104,7 +104,8 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
           scores["psnr_copy_last"][step].append(psnr(last[i], future[i, step]))
           scores["ssim"][step].append(ssim(predicted[i, step], future[i, step]))
           scores["ssim_copy_last"][step].append(ssim(last[i], future[i, step]))
-        if len(rows) < PICTURE_ROWS:
+        # One row per clip (its middle window), for the first clips.
+        if len(rows) < PICTURE_ROWS and (start + i) % num_clips == num_clips // 2:
           past = padded[start + i, :cfg.num_past].astype(np.float32) / 255.0
           rows.append(list(past) + list(future[i]) + list(predicted[i]))
   if not rows:

@@ -53,6 +53,7 @@ def default_settings() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "dataset": "folder:davis2016",  # A folder of <sequence>/{frames,masks}, in the data directory.
       "sequences": "",  # Comma-separated names; "" = all.
+      "max_frames": 0,  # The first n frames of each sequence only (a quick look); 0 = all.
       "size": 160,  # Shorter side of the frames the backbone sees, px.
       "block": "",  # Feature map; "" = the deepest block with stride <= 8.
       "context": 20,  # Previous frames propagated from, besides the first.
@@ -292,9 +293,10 @@ def overlay(frames, masks, truth):
 # ------------------------------------------------------------------ the script (shared with sslx-segment)
 
 
-def open_sequences(dataset: str, data_dir, names: str, program: str):
-  """The DAVIS-format sequences of ``folder:NAME`` (``names``: comma-separated, "" for all) and
-  {name: reason} for those skipped; one-line errors for another kind of dataset or none readable."""
+def open_sequences(dataset: str, data_dir, names: str, program: str, max_frames: int = 0):
+  """The DAVIS-format sequences of ``folder:NAME`` (``names``: comma-separated, "" for all; each cut
+  to its first ``max_frames`` frames when that is 3 or more) and {name: reason} for those skipped;
+  one-line errors for another kind of dataset or none readable."""
   if not dataset.startswith("folder:"):
     raise ValueError(f"{program} reads a folder of DAVIS-format sequences, got --dataset {dataset}: pass "
                      f"folder:NAME (e.g. folder:davis2016)")
@@ -302,6 +304,11 @@ def open_sequences(dataset: str, data_dir, names: str, program: str):
   sequences, skipped = davis.load_sequences(root, [n for n in str(names).split(",") if n])
   if not sequences:
     raise ValueError(f"no sequence in {root} could be read: {skipped}")
+  if max_frames:
+    if max_frames < 3:
+      raise ValueError(f"max_frames {max_frames}: give 0 (all frames) or 3 or more (the first and the last "
+                       f"frame are not scored)")
+    sequences = [davis.Sequence(q.name, q.frames[:max_frames], q.masks[:max_frames]) for q in sequences]
   return sequences, skipped
 
 
@@ -351,7 +358,8 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   config = common.apply_overrides(config, overrides or {}, "sslx-propagate")
   cfg = config.evaluate.propagation
   dataset = dataset or cfg.dataset
-  sequences, skipped = open_sequences(dataset, data_dir or config.get("data_dir"), cfg.sequences, "sslx-propagate")
+  sequences, skipped = open_sequences(dataset, data_dir or config.get("data_dir"), cfg.sequences, "sslx-propagate",
+                                      cfg.max_frames)
 
   backbone_fn = backbone_features_fn(loaded.backbone, config)
   variables = {"pretrained": loaded.variables,

@@ -34,6 +34,7 @@ def default_settings(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "dataset": "folder:davis2016",
       "sequences": "",  # Comma-separated names; "" = all.
+      "max_frames": 0,  # The first n frames of each sequence only (a quick look); 0 = all.
       "size": int(config.get("resize_size") or config.image_size),  # Shorter side, px: the training scale.
       "pictures": 6,
   })
@@ -80,7 +81,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   cfg = config.evaluate.segmentation
   dataset = dataset or cfg.dataset
   sequences, skipped = propagate.open_sequences(dataset, data_dir or config.get("data_dir"), cfg.sequences,
-                                                "sslx-segment")
+                                                "sslx-segment", cfg.max_frames)
   _, model = run.build_model(config)
   logits = logits_fn(config, model)
   trained = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}

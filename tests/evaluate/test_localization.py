@@ -5,10 +5,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sslx import train
 from sslx.data import video
 from sslx.evaluate import localization
-from tests.conftest import DATA_DIR, REPO, requires_data, tiny_config
+from tests.conftest import DATA_DIR, REPO, quick_run, requires_data
 
 BOXES = REPO / "benchmarks" / "grid_mouth_boxes.csv"
 SAMPLE_TEST = ("bwwa8n.mp4", "lwiy7s.mp4", "pwix3a.mp4", "swiu6p.mp4")  # sample_av's test split.
@@ -98,9 +97,7 @@ def test_the_shipped_boxes_cover_every_evaluated_grid_clip():
 
 @pytest.fixture(scope="module")
 def trained_avol_workdir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("avol_run"))
-  train.train(tiny_config("localization_avol_grid.py"), workdir)
-  return workdir
+  return quick_run("localization_avol_grid.py", tmp_path_factory)[0]  # The every-config test's run.
 
 
 def test_scores_held_out_clips_against_their_mouth_boxes_and_draws_the_maps(trained_avol_workdir, tmp_path):

@@ -2,9 +2,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from sslx import montage, train
+from sslx import montage
 from sslx.evaluate import pictures
-from tests.conftest import tiny_config
+from tests.conftest import quick_run
 
 
 def test_montage_layout_and_border():
@@ -29,10 +29,9 @@ def test_first_layer_filters_one_tile_per_filter():
   assert tile.min() == 0 and tile.max() == 255  # Each filter stretched to the full range.
 
 
-def test_pictures_command_writes_pngs(tmp_path):
-  config = tiny_config("deepcluster_convnet_cifar10.py")
-  train.train(config, str(tmp_path))
-  written = pictures.write_pictures(str(tmp_path), count=12)
+def test_pictures_command_writes_pngs(tmp_path_factory):
+  workdir, _, _ = quick_run("deepcluster_convnet_cifar10.py", tmp_path_factory)  # The every-config test's run.
+  written = pictures.write_pictures(workdir, count=12)
   assert set(written) == {"clusters", "first_layer_filters"}
   clusters = np.asarray(PIL.Image.open(written["clusters"]))
   assert clusters.ndim == 3 and clusters.shape[1] == 10 * 33 + 1  # 10 columns of 32 px images.
