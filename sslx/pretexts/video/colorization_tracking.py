@@ -44,6 +44,7 @@ import numpy as np
 from sslx import losses
 from sslx.models.layers import ConvBN
 from sslx.pretexts.image import colorization
+from sslx.pretexts.video import check_video_and_rate
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -88,14 +89,7 @@ def _check(cfg, num_frames: int, image_size: int | None = None) -> None:
 def validate(config) -> None:
   """Before compilation: the frame rate, a window that holds the references and the target,
   an embedding grid that fits the frames."""
-  if "video" not in config:
-    raise ValueError("colorization_tracking needs video data (config.video): start the experiment "
-                     "config from configs.base_video()")
-  delivered_fps = config.video.fps / config.video.frame_stride
-  if abs(config.pretext.fps - delivered_fps) > 1e-6:
-    raise ValueError(f"colorization_tracking: pretext.fps {config.pretext.fps:g} is not the delivered rate "
-                     f"video.fps / video.frame_stride = {delivered_fps:g}: set "
-                     f"--config.pretext.fps={delivered_fps:g}")
+  check_video_and_rate(config, "colorization_tracking")
   _check(config.pretext, config.video.num_frames, config.image_size)
 
 

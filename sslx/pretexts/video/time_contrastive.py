@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sslx import losses
+from sslx.pretexts.video import check_video_and_rate
 
 LOSSES = ("triplet", "npairs")
 
@@ -89,14 +90,7 @@ def _check(cfg, num_frames: int) -> None:
 
 def validate(config) -> None:
   """Before compilation: the radii in frames, the window that holds a negative, the loss."""
-  if "video" not in config:
-    raise ValueError("time_contrastive needs video data (config.video): start the experiment config "
-                     "from configs.base_video()")
-  delivered_fps = config.video.fps / config.video.frame_stride
-  if abs(config.pretext.fps - delivered_fps) > 1e-6:
-    raise ValueError(f"time_contrastive: pretext.fps {config.pretext.fps:g} is not the delivered rate "
-                     f"video.fps / video.frame_stride = {delivered_fps:g}: set "
-                     f"--config.pretext.fps={delivered_fps:g}")
+  check_video_and_rate(config, "time_contrastive")
   _check(config.pretext, config.video.num_frames)
 
 
