@@ -257,7 +257,11 @@ def loss(outputs, targets, *, cfg):
   reference_colour = colour[:, :-1].reshape(batch_size, -1)
   target_colour = colour[:, -1].reshape(batch_size, -1)
   value = losses.pointer_xent(logits=logits, reference_labels=reference_colour, target_labels=target_colour)
-  copied = copy_labels(logits, jax.nn.one_hot(reference_colour, cfg.num_colours))
-  copyable = jnp.any(reference_colour[:, None, :] == target_colour[:, :, None], axis=-1)
+  reference_one_hot = jax.nn.one_hot(reference_colour, cfg.num_colours)
+  copied = copy_labels(logits, reference_one_hot)
+  # A target cell is copyable when its colour is anywhere in the references: (B, K) presence,
+  # not another (B, T, R) comparison.
+  present = jnp.max(reference_one_hot, axis=1)
+  copyable = jnp.take_along_axis(present, target_colour, axis=1) > 0
   return value, {"accuracy": jnp.mean(jnp.argmax(copied, axis=-1) == target_colour),
                  "copyable": jnp.mean(copyable)}
