@@ -14,8 +14,7 @@ segmented in the video has to learn what objects look like.
 - Each clip gives one frame, at a random position of the delivered window; the network sees that
   frame only, never the motion.
 - A frame whose mask covers less than ``min_fraction`` (1%) or more than ``max_fraction`` (50%)
-  of it gets zero weight: nothing moved, or the camera did (ours; the paper filters its uNLC
-  segments too, by its own rules).
+  of it gets zero weight: nothing moved, or the camera did (a rule of ours, not the paper's).
 - Head: a 1x1 convolution with BatchNorm and ReLU and a 1x1 classifier on the backbone's deepest
   map, one logit per cell (the paper: AlexNet's conv5 and fully connected layers to a fixed-size
   mask); targets are the masks area-averaged over each cell (soft).
