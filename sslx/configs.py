@@ -86,7 +86,12 @@ def base() -> ml_collections.ConfigDict:
       # patch_grid g > 0: average the features of a g x g grid of patches (patch pretexts).
       "patch_grid": 0,
       "train_split": "train", "test_split": "test", "max_features": 4096, "batch_size": 256,
-      "epochs": 30, "learning_rate": 1e-3, "weight_decay": 5e-4, "seed": 0})
+      "epochs": 30, "learning_rate": 1e-3, "weight_decay": 5e-4, "seed": 0,
+      # kNN monitor while pretraining (sslx/evaluate/knn.py, KnnMonitor): every `every` steps
+      # and at the last (0: off), kNN top-1 per block of a fixed subset of the evaluation's
+      # splits, logged to TensorBoard as knn/<block>; it leaves the run's result unchanged.
+      "every": 500, "monitor_train_examples": 5000, "monitor_test_examples": 1000,
+      "monitor_k": 20, "monitor_temperature": 0.07})
   return c
 
 
@@ -138,6 +143,9 @@ def base_video() -> ml_collections.ConfigDict:
       {"mean": image_ops.IMAGENET_MEAN, "std": image_ops.IMAGENET_STD})
   c.batch_size = 32
   c.evaluate.batch_size = 32
+  # No kNN monitor by default: embedding multi-clip videos costs minutes on a CPU, not seconds
+  # (turn it on with --config.evaluate.every=N).
+  c.evaluate.every = 0
   c.evaluate.num_clips = 10  # Test-time clips per video, averaged (multi-clip protocol).
   # Clip features: 1 = mean over time (the usual protocol); s > 1 = means over s consecutive
   # stretches, concatenated in order. Gestures are told apart by the order of their motion
@@ -223,4 +231,5 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.evaluate.dataset = None
   c.evaluate.epochs = 2
   c.evaluate.batch_size = 64
+  c.evaluate.every = 0  # No kNN monitor in a smoke run.
   return c

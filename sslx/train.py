@@ -5,8 +5,8 @@
 
 Read top to bottom: config -> mesh -> data -> model and optimizer -> sharded
 state -> restore if the workdir holds a checkpoint (else, with ``init_from``, the
-backbone of another run's checkpoint) -> one jitted step -> loop with logging and
-Orbax checkpoints. What a run is built of lives in the run layer (sslx/run.py,
+backbone of another run's checkpoint) -> one jitted step -> loop with logging, the
+kNN monitor (sslx/evaluate/knn.py) and Orbax checkpoints. What a run is built of lives in the run layer (sslx/run.py,
 sslx/checkpoints.py); preemption, the watchdog and multi-process start-up in
 sslx/process.py. Several processes (a pod) start with ``--distributed``.
 """
@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from sslx import checkpoints, cli, process, run
 from sslx.data import audio, pipeline, sources, video
+from sslx.evaluate import knn
 from sslx.models import conv
 
 
@@ -107,6 +108,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
 
   pretext, model = run.build_model(config)
   pretext.validate(config)  # Pretext-specific config checks, before any compilation.
+  # The kNN monitor's labelled subsets, opened and checked now (process 0 logs it; the others train on).
+  monitor_every = config.evaluate.get("every", 0) or 0
+  monitor = None
+  if monitor_every > 0 and jax.process_index() == 0:
+    try:
+      monitor = knn.KnnMonitor(config)
+    except (ValueError, FileNotFoundError) as e:
+      raise ValueError(f"{e}; or turn the kNN monitor off with --config.evaluate.every=0") from None
   tx, schedule = run.make_optimizer(config.optimizer, config.total_steps)
   init_fn = run.train_state_init_fn(config, model, pretext, tx)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
@@ -245,6 +254,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
           for name, value in last_metrics.items():
             writer.add_scalar(f"train/{name}", value, step)
           writer.flush()
+      if monitor is not None and (step % monitor_every == 0 or step == config.total_steps):
+        watchdog.pause()
+        started = time.perf_counter()
+        for block, accuracy in monitor(state).items():
+          writer.add_scalar(f"knn/{block}", accuracy, step)
+        writer.flush()
+        tick += time.perf_counter() - started  # Throughput counts training, not the monitor.
       stop = preemption.reached(step)
       force = step == config.total_steps or stop
       if force or manager.should_save(step):

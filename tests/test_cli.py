@@ -20,6 +20,7 @@ def _run(*args, timeout=300):
 
 
 @pytest.mark.parametrize("module", ["sslx.train", "sslx.evaluate.linear", "sslx.evaluate.retrieval",
+                                    "sslx.evaluate.knn", "sslx.evaluate.lowshot",
                                     "sslx.evaluate.pictures", "sslx.finetune"])
 def test_help_lists_the_scripts_own_flags_first(module):
   result = _run(module, "--help")

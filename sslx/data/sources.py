@@ -49,6 +49,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from sslx.data import base, video
 from sslx.data.base import TfdsSource  # noqa: F401  (sources.TfdsSource, as before)
 
@@ -212,6 +214,8 @@ def get_source(spec: str, split: str, data_dir: str | None = None, *, test_every
 
 def holds_video(source) -> bool:
   """Whether a source's records are clips (a video folder, a TFDS video set, a mix of them)."""
+  if isinstance(source, SubsetSource):
+    return holds_video(source.source)
   if isinstance(source, MixedSource):
     return all(holds_video(part) for part in source.parts)
   return isinstance(source, (video.VideoFolderSource, video.TfdsVideoSource))
@@ -251,6 +255,37 @@ class MixedSource:
 
   def __repr__(self):
     return f"MixedSource({len(self)} records from {self.root})"
+
+
+class SubsetSource:
+  """The records at ``indices`` of another source, in that order, with their labels (and paths,
+  class names): a few thousand examples spread over a split, for the kNN monitor."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = [int(i) for i in indices]
+    labels = getattr(source, "labels", None)
+    self.labels = [labels[i] for i in self.indices] if labels is not None else [-1] * len(self.indices)
+    if getattr(source, "paths", None):
+      self.paths = [source.paths[i] for i in self.indices]
+    self.classes = list(getattr(source, "classes", []))
+    self.num_classes = source.num_classes
+
+  @classmethod
+  def spread(cls, source, count: int):
+    """``count`` records spread evenly over ``source`` (all of it when it holds fewer): every
+    class of a class-sorted folder in proportion, with no randomness."""
+    count = min(int(count), len(source))
+    return cls(source, np.unique(np.linspace(0, len(source) - 1, count).astype(int)))
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    return self.source[self.indices[index]]
+
+  def __repr__(self):
+    return f"SubsetSource({len(self)} of {self.source!r})"
 
 
 def label_settings(config, *, evaluation: bool = False) -> tuple[str | None, str | None]:

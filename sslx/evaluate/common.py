@@ -410,3 +410,47 @@ def run_script(name: str, body, *, usage: str, flag_names: tuple[str, ...]) -> N
     except (ValueError, FileNotFoundError) as e:
       cli.exit_quietly(f"{name}: error: {e}")
   app.run(main)
+
+
+# --- A run's own records: its TensorBoard scalars and its evaluations' results. ------------------
+
+
+def read_scalars(workdir: str) -> dict:
+  """Every scalar the run logged to ``workdir/tensorboard``: {tag: {"step": (N,), "value": (N,)}},
+  sorted by step; a step logged again after a resume keeps its latest value. Also
+  ``"_training_seconds"``: wall time from each event file's first event to its last, summed over
+  the files (a resumed run writes one per start, so the time it was down does not count)."""
+  from tensorboard.backend.event_processing import event_file_loader  # Only the readers need it.
+  log_dir = os.path.join(workdir, "tensorboard")
+  files = sorted(os.path.join(log_dir, f) for f in os.listdir(log_dir)
+                 if "tfevents" in f) if os.path.isdir(log_dir) else []
+  if not files:
+    raise FileNotFoundError(f"no TensorBoard logs in {log_dir}: is {workdir} a training workdir?")
+  points: dict[str, dict[int, float]] = {}
+  seconds = 0.0
+  for path in files:
+    times = []
+    for event in event_file_loader.LegacyEventFileLoader(path).Load():
+      times.append(event.wall_time)
+      for value in event.summary.value:
+        if value.WhichOneof("value") == "simple_value":
+          points.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+    if times:
+      seconds += max(times) - min(times)
+  out = {tag: {"step": np.array(sorted(by_step)), "value": np.array([by_step[s] for s in sorted(by_step)])}
+         for tag, by_step in points.items()}
+  out["_training_seconds"] = seconds
+  return out
+
+
+def read_results(workdir: str) -> dict[str, dict]:
+  """{stem: results} of every ``workdir/eval/<stem>.json`` an evaluation script wrote."""
+  out_dir = os.path.join(workdir, "eval")
+  if not os.path.isdir(out_dir):
+    return {}
+  results = {}
+  for name in sorted(os.listdir(out_dir)):
+    if name.endswith(".json"):
+      with open(os.path.join(out_dir, name)) as f:
+        results[name[:-len(".json")]] = json.load(f)
+  return results

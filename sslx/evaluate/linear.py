@@ -35,10 +35,16 @@ from sslx.evaluate import common
 
 
 def train_linear(train_x, train_y, test_x, test_y, *, num_classes: int, epochs: int, batch_size: int,
-                 learning_rate: float, weight_decay: float, seed: int) -> dict:
-  """Fits a linear softmax classifier on standardised features; returns accuracies."""
-  mean = train_x.mean(axis=0)
-  std = train_x.std(axis=0) + 1e-6
+                 learning_rate: float, weight_decay: float, seed: int, standardize_with=None) -> dict:
+  """Fits a linear softmax classifier on standardised features; returns accuracies.
+
+  ``standardize_with``: (mean, std) per dimension to standardise with instead of the labelled
+  training features' own (low-shot probes pass the whole unlabelled training set's).
+  """
+  if standardize_with is None:
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+  else:
+    mean, std = standardize_with
   train_x = jnp.asarray((train_x - mean) / std)
   test_x = jnp.asarray((test_x - mean) / std)
   train_y, test_y = jnp.asarray(train_y), jnp.asarray(test_y)

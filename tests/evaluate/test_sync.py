@@ -4,9 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslx import train
 from sslx.evaluate import sync
-from tests.conftest import tiny_config
+from tests.conftest import quick_run
 
 CFG = ml_collections.ConfigDict({"fps": 25.0, "audio_model": {"sample_rate": 16000}})
 
@@ -34,11 +33,12 @@ def test_per_clip_offsets_average_each_offsets_scores_over_the_clips_windows():
   np.testing.assert_array_equal(sync.per_clip_offsets(scores, np.array([0, 0, 1]), offsets), [0, 1])
 
 
-@pytest.mark.parametrize("experiment", ["synchronization_r3d_grid.py", "syncnet_grid.py"])
-def test_reads_the_checkpoint_and_searches_every_offset(tmp_path, experiment):
-  config = tiny_config(experiment)
-  train.train(config, str(tmp_path))
-  results = sync.evaluate(str(tmp_path))
+@pytest.mark.parametrize("experiment", [
+    pytest.param(name, marks=pytest.mark.xdist_group(name))  # Shares the every-config test's run.
+    for name in ("synchronization_r3d_grid.py", "syncnet_grid.py")])
+def test_reads_the_checkpoint_and_searches_every_offset(tmp_path_factory, experiment):
+  workdir, _, _ = quick_run(experiment, tmp_path_factory)
+  results = sync.evaluate(workdir)
   assert results["clips"] == 4 and results["windows"] == 8 and results["max_offset_frames"] == 15
   for name in ("pretrained", "random_init"):
     row = results[name]
@@ -47,7 +47,7 @@ def test_reads_the_checkpoint_and_searches_every_offset(tmp_path, experiment):
     assert 0 <= row["exact_per_clip"] <= row["within_1_per_clip"] <= 1
   assert json.loads(open(results["written_to"]).read())["windows"] == 8
   with pytest.raises(ValueError, match="need 0.64 s of audio beyond the window"):
-    sync.evaluate(str(tmp_path), overrides={"evaluate.max_offset_frames": "16"})
+    sync.evaluate(workdir, overrides={"evaluate.max_offset_frames": "16"})
 
 
 def test_a_run_without_a_sync_head_is_a_one_line_error(trained_workdir):
