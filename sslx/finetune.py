@@ -94,6 +94,7 @@ def training_config(config, cfg, *, dataset: str, data_dir: str | None, num_clas
   ft.log_every = max(1, min(50, cfg.steps))
   ft.checkpoint_every = cfg.checkpoint_every
   ft.keep_checkpoints = 1
+  ft.evaluate.every = 0  # No kNN monitor: this script tests the fine-tuned network itself.
   if ft.get("video") is not None:
     # Any window of the clip: motion-aware sampling serves pretexts, not labels.
     ft.video.sampling = "random"

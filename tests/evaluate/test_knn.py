@@ -106,3 +106,11 @@ def test_the_monitor_needs_labels_and_says_how_to_turn_it_off(tmp_path):
   c.evaluate.test_split = "nonexistent"
   with pytest.raises((ValueError, FileNotFoundError), match="evaluate.every=0"):
     train.train(c, str(tmp_path / "run"))
+
+
+def test_videos_are_scored_on_their_multi_clip_features(trained_video_workdir):
+  workdir, _, _ = trained_video_workdir
+  results = knn.evaluate(workdir, ks=(5,))
+  assert results["train_examples"] == 22 and results["test_examples"] == 11  # Videos, not clips.
+  assert set(results["blocks"]) == {"block1", "block2", "block3"}
+  assert all(0.0 <= row["pretrained"] <= 1.0 for row in results["blocks"].values())
