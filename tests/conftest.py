@@ -127,29 +127,3 @@ def train_until_killed(config, workdir, monkeypatch, *, kill_at_batch: int, batc
     train.train(config, workdir)
   monkeypatch.setattr(pipeline, "to_global", real_to_global)
 
-
-# --- Two test processes (README: pytest -n 2 --dist loadgroup). ------------------------------
-# Tests that share a session's quick run go to the same xdist worker, so each run is trained
-# once: the every-config test of experiments/X and the evaluation tests that read X's run are
-# in group X (by the fixture they use, or an explicit ``xdist_group`` mark where the test calls
-# ``quick_run`` itself). The multi-process tests form one group that runs first, one test at a
-# time: each starts two training processes, and two of them at once would be four on two cores.
-_FIXTURE_RUNS = {"trained_workdir": "rotation_convnet_sample.py", "trained_av_workdir": "correspondence_l3_grid.py",
-                 "trained_video_workdir": "trained_video_workdir"}
-
-
-def pytest_collection_modifyitems(config, items):
-  first = []
-  for item in items:
-    if item.get_closest_marker("xdist_group") is not None:
-      group = None
-    elif item.path.name == "test_train_multiprocess.py":
-      group = "multiprocess"
-      first.append(item)
-    elif item.originalname == "test_every_experiment_runs_two_steps_in_quick_mode":
-      group = item.callspec.params["name"]
-    else:
-      group = next((run for fixture, run in _FIXTURE_RUNS.items() if fixture in item.fixturenames), None)
-    if group is not None:
-      item.add_marker(pytest.mark.xdist_group(group))
-  items[:] = first + [item for item in items if item not in first]

@@ -16,7 +16,6 @@ def test_ssim_and_psnr_of_known_images():
   assert future.ssim(image, rng.uniform(size=(32, 32, 3))) < 0.1  # Independent noise: no structure shared.
 
 
-@pytest.mark.xdist_group("future_prediction_convnet_mix.py")  # Shares the every-config test's run (tests/conftest.py).
 def test_script_scores_each_step_beside_the_copy_of_the_last_frame(tmp_path_factory, trained_video_workdir):
   workdir, _, _ = quick_run("future_prediction_convnet_mix.py", tmp_path_factory)
   results = future.evaluate(workdir)

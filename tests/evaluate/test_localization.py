@@ -100,7 +100,6 @@ def trained_avol_workdir(tmp_path_factory):
   return quick_run("localization_avol_grid.py", tmp_path_factory)[0]  # The every-config test's run.
 
 
-@pytest.mark.xdist_group("localization_avol_grid.py")  # Shares the every-config test's run (tests/conftest.py).
 def test_scores_held_out_clips_against_their_mouth_boxes_and_draws_the_maps(trained_avol_workdir, tmp_path):
   results = localization.evaluate(trained_avol_workdir, boxes=str(BOXES))
   # The sample's 4 test clips, 2 windows each (quick_video's evaluate.num_clips); 32 px crops

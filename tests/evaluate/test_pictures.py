@@ -39,10 +39,9 @@ def test_a_3d_kernel_shows_its_middle_slice_in_time():
   assert tile[12:16, 12:16].min() == 255 and tile[:4, :4].max() == 0
 
 
-@pytest.mark.xdist_group("deepcluster_convnet_cifar10.py")  # Shares the every-config test's run (tests/conftest.py).
 def test_pictures_command_writes_pngs(tmp_path_factory):
   workdir, _, _ = quick_run("deepcluster_convnet_cifar10.py", tmp_path_factory)  # The every-config test's run.
-  written = pictures.write_pictures(workdir, count=12, queries=3, neighbours=8, channels=6)
+  written = pictures.write_pictures(workdir, count=12, queries=3, neighbours=8, channels=6, gallery=300)
   blocks = ("block1", "block2", "block3")
   assert set(written) == ({"clusters", "first_layer_filters", "learning_curves"}
                           | {f"{kind}_{b}" for kind in ("neighbours", "activations") for b in blocks})

@@ -89,7 +89,6 @@ def test_a_moving_object_is_followed_by_its_colour():
 
 
 @requires_data("davis2016")
-@pytest.mark.xdist_group("colorization_tracking_convnet_mix.py")  # Shares the every-config test's run (tests/conftest.py).
 def test_script_reads_the_checkpoint_and_scores_against_the_baselines(tmp_path_factory):
   # A tracking-by-colorization run: its backbone sees grey frames (the pretext's backbone_input).
   workdir, _, _ = quick_run("colorization_tracking_convnet_mix.py", tmp_path_factory)

@@ -14,7 +14,6 @@ def test_centre_prior_is_a_centred_ellipse_of_half_the_axes():
 
 
 @requires_data("davis2016")
-@pytest.mark.xdist_group("motion_segmentation_convnet_mix.py")  # Shares the every-config test's run (tests/conftest.py).
 def test_script_scores_single_frames_against_the_baselines(tmp_path_factory, trained_video_workdir):
   workdir, _, _ = quick_run("motion_segmentation_convnet_mix.py", tmp_path_factory)
   results = segment.evaluate(workdir, overrides={"evaluate.segmentation.sequences": "dog",

@@ -33,11 +33,9 @@ def test_per_clip_offsets_average_each_offsets_scores_over_the_clips_windows():
   np.testing.assert_array_equal(sync.per_clip_offsets(scores, np.array([0, 0, 1]), offsets), [0, 1])
 
 
-@pytest.mark.parametrize("experiment", [
-    pytest.param(name, marks=pytest.mark.xdist_group(name))  # Shares the every-config test's run.
-    for name in ("synchronization_r3d_grid.py", "syncnet_grid.py")])
+@pytest.mark.parametrize("experiment", ["synchronization_r3d_grid.py", "syncnet_grid.py"])
 def test_reads_the_checkpoint_and_searches_every_offset(tmp_path_factory, experiment):
-  workdir, _, _ = quick_run(experiment, tmp_path_factory)
+  workdir, _, _ = quick_run(experiment, tmp_path_factory)  # Shared with the every-config test in one process.
   results = sync.evaluate(workdir)
   assert results["clips"] == 4 and results["windows"] == 8 and results["max_offset_frames"] == 15
   for name in ("pretrained", "random_init"):
