@@ -2,7 +2,7 @@
 
     sslx-lowshot --workdir DIR [--dataset SPEC] [--shots 1,5,10,20,100] [--fractions 0.01,0.1] [--seeds 3]
 
-The semi-supervised reading of RotNet (Gidaris et al., ICLR 2018, section 3.1.2, CIFAR-10 with
+The semi-supervised reading of RotNet (Gidaris et al., ICLR 2018, CIFAR-10 experiments with
 20 to 5,000 labels per class): pretext features should help most where labels are few. The
 linear probe of sslx-linear (same pooled features, same classifier, optimiser and weight decay;
 sslx/evaluate/linear.py) is fitted on a class-balanced labelled subset of the training split:
