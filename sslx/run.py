@@ -144,6 +144,17 @@ def make_preprocess(config, source, *, train: bool, num_clips: int = 1):
                              flip=config.flip and train, train=train)
 
 
+def jit_once(fn, **jit_kwargs):
+  """``jax.jit`` for code that runs once, such as initialisation: compiled for compile time, not
+  speed. XLA's CPU backend spends about 20 s optimising the random-number code of a small
+  network's init at its default level and 4-5 s at level 1, to the same values
+  (benchmarks/init_compile.py); that was the larger part of starting a short run. Level 0 is not
+  used: on jax 0.10 it gave NaN gradients in some fused training steps that op-by-op execution
+  does not. Other backends keep their defaults."""
+  options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+  return jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+
 def train_state_init_fn(config, model, pretext, tx):
   """rng -> TrainState; jax.eval_shape of it gives the checkpoint's structure."""
   inputs, _ = jax.eval_shape(
@@ -170,7 +181,7 @@ def create_train_state(config, model, pretext, tx, mesh):
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
-  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+  state = jit_once(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   return state, state_sharding
 
 
@@ -442,5 +453,5 @@ def random_init_variables(backbone, config, seed: int) -> dict:
   frames = (config.video.num_frames,) if takes_video(backbone) else ()
   images = backbone_input_fn(config)(jnp.zeros((1,) + frames + (config.image_size, config.image_size, 3),
                                                jnp.uint8))
-  variables = backbone.init(jax.random.PRNGKey(seed), images, train=False)
+  variables = jit_once(lambda rng: backbone.init(rng, images, train=False))(jax.random.PRNGKey(seed))
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

@@ -165,7 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     import tensorboardX  # Event files for TensorBoard; no TensorFlow needed.
     writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  fresh_params = jax.jit(lambda rng: init_fn(rng).params)
+  fresh_params = run.jit_once(lambda rng: init_fn(rng).params)
   collect_fn = run.make_collect_fn(config, model, pretext) if pretext.stateful else None
   progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step",
                        disable=jax.process_index() != 0 or not config.get("progress_bar", True))

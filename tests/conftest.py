@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,17 @@ atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+# Tests run a few steps of many programs, so compiling is most of their time: XLA's CPU backend
+# at optimisation level 1 compiles a training step up to twice as fast as at its default and
+# runs it a little slower (values agree to rounding; level 0 gave NaN gradients in fused
+# audio-visual steps, see sslx.run.jit_once). Processes that tests start inherit it; those that
+# set their own XLA_FLAGS keep it with ``with_xla_flags``.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+
+
+def with_xla_flags(*flags: str) -> str:
+  """The tests' XLA_FLAGS with ``flags`` added (for a process that sets its own devices)."""
+  return " ".join([os.environ["XLA_FLAGS"], *flags])
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -73,27 +85,46 @@ def tiny_video_config():
   return c
 
 
-_QUICK_RUNS: dict = {}
+_SHARED_RUNS: dict = {}
+
+
+def shared_run(key: str, make_config, tmp_path_factory):
+  """A short run trained once per test session, also across xdist's worker processes: (workdir,
+  final state, metrics). The first process to ask trains it into a folder the workers share, under
+  a file lock, and pickles its final state and metrics beside it; every process then works on its
+  own copy of the workdir, since tests write into it (``eval/``). The state comes back as numpy."""
+  if key not in _SHARED_RUNS:
+    import filelock
+    import jax
+    from sslx import train
+    # xdist gives each worker basetemp/popen-gwN; their parent is this session's and shared.
+    root = tmp_path_factory.getbasetemp()
+    shared = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "shared_runs" / key
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(f"{shared}.lock"):
+      if not (shared / "final.pkl").exists():
+        state, metrics = train.train(make_config(), str(shared / "workdir"))
+        with open(shared / "final.pkl.tmp", "wb") as f:
+          pickle.dump((jax.device_get(state), metrics), f)
+        os.replace(shared / "final.pkl.tmp", shared / "final.pkl")
+    workdir = tmp_path_factory.mktemp(key)
+    shutil.copytree(shared / "workdir", workdir, dirs_exist_ok=True)
+    with open(shared / "final.pkl", "rb") as f:
+      state, metrics = pickle.load(f)
+    _SHARED_RUNS[key] = (str(workdir), state, metrics)
+  return _SHARED_RUNS[key]
 
 
 def quick_run(name, tmp_path_factory):
-  """The two-step quick run of ``experiments/<name>``, trained once per test session: (workdir,
-  final state, metrics). The every-config test and the evaluation scripts' tests share it."""
-  if name not in _QUICK_RUNS:
-    from sslx import train
-    workdir = str(tmp_path_factory.mktemp(name[:-len(".py")]))
-    state, metrics = train.train(tiny_config(name), workdir)
-    _QUICK_RUNS[name] = (workdir, state, metrics)
-  return _QUICK_RUNS[name]
+  """The two-step quick run of ``experiments/<name>`` (see ``shared_run``). The every-config
+  test and the evaluation scripts' tests share it."""
+  return shared_run(name[:-len(".py")], lambda: tiny_config(name), tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def trained_video_workdir(tmp_path_factory):
-  """A two-step quick video run: its workdir and final state."""
-  from sslx import train
-  workdir = str(tmp_path_factory.mktemp("video_run"))
-  state, metrics = train.train(tiny_video_config(), workdir)
-  return workdir, state, metrics
+  """A two-step quick video run: its workdir, final state and metrics."""
+  return shared_run("video_run", tiny_video_config, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

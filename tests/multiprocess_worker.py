@@ -15,7 +15,7 @@ import sys
 
 out_dir, workdir, process_id, num_processes, port = sys.argv[1:6]
 process_id, num_processes = int(process_id), int(num_processes)
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // num_processes}"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={8 // num_processes}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

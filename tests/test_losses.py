@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from sslx import losses
+from tests.conftest import with_xla_flags
 
 
 def test_softmax_xent_known_values():
@@ -267,7 +268,7 @@ def test_nt_xent_decreases_under_gradient_steps():
 
 NT_XENT_SHARDED = """
 import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, sys.argv[1])
@@ -298,7 +299,7 @@ def test_nt_xent_negatives_are_the_whole_global_batch_on_eight_devices():
   result = subprocess.run([sys.executable, "-c", NT_XENT_SHARDED, str(Path(__file__).resolve().parents[1])],
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                   XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                                   XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=8")))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["devices"] == 8, report

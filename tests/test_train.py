@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sslx import checkpoints, process, run, train
-from tests.conftest import REPO, quick_run, tiny_config, train_until_killed
+from tests.conftest import REPO, quick_run, tiny_config, train_until_killed, with_xla_flags
 from tests.trees import assert_trees_close
 
 EXPERIMENTS = sorted(p.name for p in (REPO / "experiments").glob("*.py"))
@@ -121,7 +121,7 @@ def test_schedules():
 
 SHARDED_CHECK = textwrap.dedent("""
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
     from tests.conftest import tiny_config
@@ -155,7 +155,7 @@ def test_eight_fake_devices_match_one_device(tmp_path):
                           capture_output=True, text=True, timeout=600,
                           # CPU platform even where a GPU is present: the check is about 8 host devices.
                           env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                   XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                                   XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=8")))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["max_abs_diff"] < 1e-5, report

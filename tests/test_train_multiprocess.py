@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sslx import checkpoints, process
-from tests.conftest import REPO
+from tests.conftest import REPO, with_xla_flags
 
 WORKER = REPO / "tests" / "multiprocess_worker.py"
 CPU_ENV = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -109,7 +109,7 @@ def _cli(workdir, process_id, port, *extra, from_environment=False):
            "JAX_PROCESS_ID": str(process_id)}
   flags = [] if from_environment else [f"--coordinator_address={where['JAX_COORDINATOR_ADDRESS']}",
                                        "--num_processes=2", f"--process_id={process_id}"]
-  env = dict(CPU_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=4", **(where if from_environment else {}))
+  env = dict(CPU_ENV, XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=4"), **(where if from_environment else {}))
   return subprocess.Popen(
       [sys.executable, "-m", "sslx.train", "--config", str(REPO / "experiments/rotation_convnet_sample.py:quick"),
        "--workdir", str(workdir), "--distributed", *flags, "--heartbeat_timeout=5",

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from sslx import cli, models, run
+from sslx import checkpoints, cli, models, run
 from sslx.data import pipeline, sources
 from sslx.pretexts.audiovisual import correspondence
 
@@ -207,7 +207,7 @@ def audio_variables(state) -> dict:
 def random_audio_variables(tower, config, seed: int) -> dict:
   """The same audio tower at random initialisation (BatchNorm at its initial statistics)."""
   heard = audio_input_fn(config)(jnp.zeros((1, run.audio_length(config)), jnp.float32))
-  variables = jax.jit(lambda rng: tower.init(rng, heard, train=False))(jax.random.PRNGKey(seed))
+  variables = run.jit_once(lambda rng: tower.init(rng, heard, train=False))(jax.random.PRNGKey(seed))
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
@@ -276,6 +276,30 @@ def labeled_sources(config, splits, *, dataset: str, data_dir: str | None, purpo
                        f"with a labeled one")
     out[split] = source
   return out
+
+
+def load_for_evaluation(workdir: str, script: str, *, overrides: dict[str, str] | None = None,
+                        temporal_segments: int | None = None):
+  """The run's checkpoint (checkpoints.load_run) with its config made the evaluation's: the
+  ``--config.*`` overrides applied (``script`` names the command in their errors), then
+  ``for_evaluation``."""
+  loaded = checkpoints.load_run(workdir)
+  loaded.config = for_evaluation(apply_overrides(loaded.config, overrides or {}, script),
+                                 temporal_segments=temporal_segments)
+  return loaded
+
+
+def train_and_test_features(loaded, *, dataset: str | None, data_dir: str | None, purpose: str,
+                            stream: str = "visual"):
+  """``extract_pretrained_and_random`` of the evaluation's train and test splits of ``dataset``
+  (default: ``evaluate.dataset``, else the run's): (dataset, (train features, labels), (test
+  features, labels), number of classes, skipped examples)."""
+  cfg = loaded.config.evaluate
+  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
+  splits, num_classes, skipped = extract_pretrained_and_random(
+      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir, purpose=purpose,
+      stream=stream)
+  return dataset, splits[cfg.train_split], splits[cfg.test_split], num_classes, skipped
 
 
 def extract_pretrained_and_random(loaded, splits, *, dataset: str, data_dir: str | None, purpose: str,

@@ -163,7 +163,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   inputs, _ = pretext.make_inputs(jax.random.PRNGKey(0), {"video": jnp.asarray(video[:2], jnp.float32) / 255,
                                                            "audio": jnp.asarray(audio[:2]),
                                                            "index": jnp.arange(2)}, config.pretext)
-  random_init = jax.jit(lambda rng: model.init(rng, inputs, train=False))(jax.random.PRNGKey(cfg.seed))
+  random_init = run.jit_once(lambda rng: model.init(rng, inputs, train=False))(jax.random.PRNGKey(cfg.seed))
   trained = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}
   features_fn, scores_fn = tower_features_fn(config), pair_scores_fn(config)
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,

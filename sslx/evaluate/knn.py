@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from sslx import checkpoints, models, run
+from sslx import models, run
 from sslx.data import sources
 from sslx.evaluate import common
 
@@ -151,14 +151,9 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   if not ks or min(ks) < 1 or temperature <= 0 or chunk_size < 1:
     raise ValueError(f"kNN needs k >= 1, temperature > 0 and chunk_size >= 1, got k={ks}, "
                      f"temperature={temperature}, chunk_size={chunk_size}")
-  loaded = checkpoints.load_run(workdir)
-  loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-knn"),
-                                        temporal_segments=temporal_segments)
-  cfg = loaded.config.evaluate
-  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
-  splits, num_classes, skipped = common.extract_pretrained_and_random(
-      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir, purpose="kNN evaluation")
-  (train_f, train_y), (test_f, test_y) = splits[cfg.train_split], splits[cfg.test_split]
+  loaded = common.load_for_evaluation(workdir, "sslx-knn", overrides=overrides, temporal_segments=temporal_segments)
+  dataset, (train_f, train_y), (test_f, test_y), num_classes, skipped = common.train_and_test_features(
+      loaded, dataset=dataset, data_dir=data_dir, purpose="kNN evaluation")
   if max(ks) > len(train_y):
     raise ValueError(f"k = {max(ks)} is more than the {len(train_y)} training examples: lower --k")
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,

@@ -29,7 +29,7 @@ import optax
 from absl import flags
 
 from sslx import losses
-from sslx import checkpoints, run
+from sslx import run
 from sslx.data import sources
 from sslx.evaluate import common
 
@@ -133,9 +133,8 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   """
   if stream == "audio" and (patch_grid is not None or temporal_segments is not None):
     raise ValueError("patch_grid and temporal_segments shape the visual features: drop them for --stream audio")
-  loaded = checkpoints.load_run(workdir)
-  loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-linear"),
-                                        temporal_segments=temporal_segments)
+  loaded = common.load_for_evaluation(workdir, "sslx-linear", overrides=overrides,
+                                      temporal_segments=temporal_segments)
   common.check_stream(loaded.config, stream)
   cfg = loaded.config.evaluate
   stem = "linear" if stream == "visual" else f"linear-{stream}"
@@ -144,14 +143,10 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
       raise ValueError(f"patch_grid must be >= 0 (0: whole image), got {patch_grid}")
     cfg.patch_grid = patch_grid
     stem = f"linear_grid{patch_grid}"
-  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
   data_dir = data_dir or loaded.config.get("data_dir")
   epochs = epochs if epochs is not None else cfg.epochs
-  splits, num_classes, skipped = common.extract_pretrained_and_random(
-      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir,
-      purpose="linear evaluation", stream=stream)
-
-  (train_f, train_y), (test_f, test_y) = splits[cfg.train_split], splits[cfg.test_split]
+  dataset, (train_f, train_y), (test_f, test_y), num_classes, skipped = common.train_and_test_features(
+      loaded, dataset=dataset, data_dir=data_dir, purpose="linear evaluation", stream=stream)
   labels = labels_read(loaded.config, dataset=dataset, data_dir=data_dir)
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
              "stream": stream, "labels": labels,

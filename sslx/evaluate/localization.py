@@ -340,7 +340,7 @@ def evaluate(workdir: str, *, boxes: str, dataset: str | None = None, data_dir: 
   inputs = {"image": jnp.zeros((2, config.image_size, config.image_size, 3)), "audio": jnp.zeros((2, samples))}
   # The rbg generator: the same initialisers, compiled in seconds on a CPU (threefry's init of
   # the small ConvNet compiles for ~15 s).
-  random_init = jax.jit(lambda rng: model.init(rng, inputs, train=False))(jax.random.key(cfg.seed, impl="rbg"))
+  random_init = run.jit_once(lambda rng: model.init(rng, inputs, train=False))(jax.random.key(cfg.seed, impl="rbg"))
   maps = map_fn(config, model)
   computed = {}
   trained = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}

@@ -26,7 +26,6 @@ import os
 import numpy as np
 from absl import flags
 
-from sslx import checkpoints
 from sslx.evaluate import common, linear
 
 DEFAULT_SHOTS = (1, 5, 10, 20, 100)
@@ -140,14 +139,11 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
                      f"seeds={seeds}, min_steps={min_steps}, shots={list(shots)}, fractions={list(fractions)}")
   for setting in _settings(shots, fractions):  # Bad settings fail now, in one line.
     check_setting(**setting)
-  loaded = checkpoints.load_run(workdir)
-  loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-lowshot"),
-                                        temporal_segments=temporal_segments)
+  loaded = common.load_for_evaluation(workdir, "sslx-lowshot", overrides=overrides,
+                                      temporal_segments=temporal_segments)
   cfg = loaded.config.evaluate
-  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
-  splits, num_classes, skipped = common.extract_pretrained_and_random(
-      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir, purpose="low-shot evaluation")
-  (train_f, train_y), (test_f, test_y) = splits[cfg.train_split], splits[cfg.test_split]
+  dataset, (train_f, train_y), (test_f, test_y), num_classes, skipped = common.train_and_test_features(
+      loaded, dataset=dataset, data_dir=data_dir, purpose="low-shot evaluation")
   settings, skipped_settings = lowshot_table(train_f, train_y, test_f, test_y, num_classes=num_classes, cfg=cfg,
                                              shots=shots, fractions=fractions, seeds=seeds, min_steps=min_steps)
   if not settings:

@@ -19,7 +19,6 @@ import os
 import numpy as np
 from absl import flags
 
-from sslx import checkpoints
 from sslx.evaluate import common
 
 
@@ -45,15 +44,12 @@ def markdown_table(results: dict) -> str:
 
 def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None = None,
              temporal_segments: int | None = None, overrides: dict[str, str] | None = None) -> dict:
-  loaded = checkpoints.load_run(workdir)
-  loaded.config = common.for_evaluation(common.apply_overrides(loaded.config, overrides or {}, "sslx-retrieval"),
-                                        temporal_segments=temporal_segments)
+  loaded = common.load_for_evaluation(workdir, "sslx-retrieval", overrides=overrides,
+                                      temporal_segments=temporal_segments)
   cfg = loaded.config.evaluate
-  dataset = dataset or cfg.get("dataset") or loaded.config.dataset
   ks = tuple(cfg.get("retrieval_k", (1, 5, 10, 20, 50)))
-  splits, _, skipped = common.extract_pretrained_and_random(
-      loaded, (cfg.train_split, cfg.test_split), dataset=dataset, data_dir=data_dir, purpose="retrieval")
-  (gallery, gallery_y), (query, query_y) = splits[cfg.train_split], splits[cfg.test_split]
+  dataset, (gallery, gallery_y), (query, query_y), _, skipped = common.train_and_test_features(
+      loaded, dataset=dataset, data_dir=data_dir, purpose="retrieval")
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
              "gallery": int(len(gallery_y)), "queries": int(len(query_y)), "skipped": skipped,
              "k": list(ks), "num_clips": cfg.get("num_clips", 1), "blocks": {}}

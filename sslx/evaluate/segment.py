@@ -86,7 +86,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   logits = logits_fn(config, model)
   trained = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}
   example = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  fresh = jax.jit(lambda rng: model.init(rng, {"image": example}, train=False))(
+  fresh = run.jit_once(lambda rng: model.init(rng, {"image": example}, train=False))(
       jax.random.PRNGKey(config.evaluate.seed))
   variables = {"pretrained": trained, "random_init": fresh}
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,

@@ -117,7 +117,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   clips = sum(len(np.unique(p[2])) for p in parts)
   pretext, model = run.build_model(config)
   example = {"video": jnp.zeros((1,) + video.shape[1:], jnp.float32), "audio": jnp.asarray(audio[:2, :1, :]).reshape(2, -1)}
-  random_init = jax.jit(lambda rng: model.init(rng, example, train=False))(jax.random.PRNGKey(cfg.seed))
+  random_init = run.jit_once(lambda rng: model.init(rng, example, train=False))(jax.random.PRNGKey(cfg.seed))
   trained = {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats}
   score = scores_fn(config, model)
   batch = max(1, cfg.batch_size // len(offsets))

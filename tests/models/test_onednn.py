@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sslx.models import conv, onednn
-from tests.conftest import REPO
+from tests.conftest import REPO, with_xla_flags
 from tests.models.test_conv import _require_onednn
 
 # A g++ / c++ that leaves a mark and fails: any compile a process attempts shows.
@@ -105,7 +105,7 @@ def test_explicit_onednn_on_eight_devices_fails_in_one_line_before_and_during_tr
   env, marker = _fake_compilers(tmp_path)
   result = subprocess.run([sys.executable, "-c", ON_EIGHT_DEVICES], capture_output=True, text=True, timeout=600,
                           env=dict(env, SSLX_CACHE_DIR=str(tmp_path / "cache"),
-                                   XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=REPO)
+                                   XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=8")), cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["auto"] == "conv kernels: taps (auto: 8 CPU devices; oneDNN runs on one)"

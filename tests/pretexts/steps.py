@@ -53,7 +53,7 @@ def losses_over_steps(pretext, cfg, batch, *, steps=15, learning_rate=3e-3, mode
   mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
   # Jitted, as in training: un-jitted pseudo-label makers and inits run op by op, slowly.
   inputs, _ = jax.jit(lambda b: fixed.make_inputs(None, dict(b, **{key: b[key] / 255.0}), cfg, state=state))(batch)
-  variables = jax.jit(lambda rng, x: model.init(rng, run.standardize_inputs(x, mean, std), train=False))(
+  variables = run.jit_once(lambda rng, x: model.init(rng, run.standardize_inputs(x, mean, std), train=False))(
       jax.random.PRNGKey(seed), inputs)
   params = variables["params"]
   tx = optax.adam(learning_rate)

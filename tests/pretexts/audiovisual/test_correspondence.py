@@ -11,6 +11,7 @@ import pytest
 
 from sslx import configs, pretexts
 from sslx.pretexts.audiovisual import correspondence
+from tests.conftest import with_xla_flags
 from tests.pretexts import steps
 
 RATE = 16000
@@ -151,7 +152,7 @@ def test_loss_decreases_on_real_clips(fusion):
 
 EIGHT_DEVICES = """
 import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, sys.argv[1])
@@ -192,7 +193,7 @@ def test_negatives_across_the_global_batch_give_the_same_loss_on_eight_devices()
   result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(Path(__file__).resolve().parents[3])],
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                   XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                                   XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=8")))
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["devices"] == 8, report
