@@ -4,8 +4,8 @@
 
 For each experiment config in quick mode, builds the model, optimizer and the train state's
 init function exactly as sslx.train does, then compiles it with XLA's default CPU optimisation
-level (``jax.jit``) and with ``run.jit_once`` (level 1 on CPU), alternating the two so that
-machine noise hits both alike, and runs both from the same key. It prints the compile times,
+level (``jax.jit``) and with ``run.jit_once`` (level 1 on CPU), one right after the other, and
+runs both from the same key. It prints the compile times,
 their ratio, and the largest difference between the two initial states in units of the
 parameters' float32 spacing (ulp), so a faster init that changed the values would show.
 Each compile is a fresh ``jit`` of a new function object, so no in-memory cache serves it;

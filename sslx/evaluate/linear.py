@@ -143,7 +143,6 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
       raise ValueError(f"patch_grid must be >= 0 (0: whole image), got {patch_grid}")
     cfg.patch_grid = patch_grid
     stem = f"linear_grid{patch_grid}"
-  data_dir = data_dir or loaded.config.get("data_dir")
   epochs = epochs if epochs is not None else cfg.epochs
   dataset, (train_f, train_y), (test_f, test_y), num_classes, skipped = common.train_and_test_features(
       loaded, dataset=dataset, data_dir=data_dir, purpose="linear evaluation", stream=stream)
