@@ -9,7 +9,7 @@ forward and input gradient, the weight gradient as per-tap matmuls) and "onednn"
 through oneDNN's custom call), and PyTorch's channels-last `conv2d` and its two gradients where
 PyTorch is installed (pip install torch==2.13.0). Each pass of each kernel is jitted alone,
 warmed up, then timed round-robin (every kernel once per round) so that the machine's drift hits
-all alike; medians, as GFLOP/s. The last columns are each sslx kernel's largest error against
+all alike; medians, as GFLOP/s, each layer's row printed as soon as it is measured. The last columns are each sslx kernel's largest error against
 XLA's result relative to that result's largest magnitude (fp32 rounding is ~1e-6).
 """
 
@@ -37,8 +37,8 @@ def sslx_passes(kernels: str, x, kernel, strides):
   """Jitted (forward, input gradient, weight gradient) of ``conv.Conv``'s path for ``kernels``."""
   padding = (conv.same_padding(x.shape[1], 3, strides[0]), conv.same_padding(x.shape[2], 3, strides[1]))
   f = {"xla": lambda x_, k_: conv._conv(x_, k_, strides, padding),
-       "taps": lambda x_, k_: conv.conv2d(x_, k_, strides, padding),
-       "onednn": lambda x_, k_: onednn.conv2d(x_, k_, strides, padding)}[kernels]
+       "taps": lambda x_, k_: conv.tap_conv(x_, k_, strides, padding),
+       "onednn": lambda x_, k_: onednn.conv(x_, k_, strides, padding)}[kernels]
   y = jax.eval_shape(f, x, kernel)
   g = jax.random.normal(jax.random.PRNGKey(1), y.shape, y.dtype)
   forward = jax.jit(f)
@@ -143,8 +143,11 @@ def main(argv=None) -> list[dict]:
       print("PyTorch not installed (pip install torch==2.13.0): its columns are left out")
   print(f"jax {jax.__version__} ({jax.default_backend()}), {os.cpu_count()} CPU threads, batch {args.batch_size}, "
         f"medians of {args.repeats} rounds; GFLOP/s of each pass", flush=True)
-  rows = [measure(layer, args.batch_size, args.repeats, kernels, use_torch) for layer in layers]
-  print(format_table(rows, kernels, use_torch))
+  rows = []
+  for i, layer in enumerate(layers):  # Each layer's row as soon as it is measured.
+    rows.append(measure(layer, args.batch_size, args.repeats, kernels, use_torch))
+    table = format_table(rows[-1:], kernels, use_torch).splitlines()
+    print("\n".join(table if i == 0 else table[2:]), flush=True)
   return rows
 
 

@@ -155,3 +155,52 @@ def request_deterministic_gpu_ops():
   current = os.environ.get("XLA_FLAGS", "")
   if "xla_gpu_deterministic_ops" not in current:
     os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+
+
+# The malloc a CPU step should run under: XLA:CPU allocates each step's temporary buffers afresh
+# and frees them at its end; glibc returns large blocks to the kernel (munmap) and the next step
+# page-faults them in again (a third of the main job's CPU time). tcmalloc keeps freed memory for
+# reuse. Measured in benchmarks/allocator.py, table in docs/performance.md ("Allocator").
+TCMALLOC_LIBRARY = "libtcmalloc_minimal.so.4"
+TCMALLOC_PACKAGE = "libtcmalloc-minimal4"
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                "/usr/local/lib")
+
+
+def malloc_in_use(maps_text: str | None = None) -> str:
+  """"tcmalloc", "jemalloc" or "glibc": the allocator mapped into this process (from
+  /proc/self/maps, or ``maps_text``); "unknown" where that cannot be read."""
+  if maps_text is None:
+    try:
+      with open("/proc/self/maps") as f:
+        maps_text = f.read()
+    except OSError:
+      return "unknown"
+  for name in ("tcmalloc", "jemalloc"):
+    if f"lib{name}" in maps_text:
+      return name
+  return "glibc"
+
+
+def find_tcmalloc(library_dirs=LIBRARY_DIRS) -> str | None:
+  for folder in library_dirs:
+    path = os.path.join(folder, TCMALLOC_LIBRARY)
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def allocator_line(backend: str, *, maps_text: str | None = None, library_dirs=LIBRARY_DIRS) -> str | None:
+  """The run header's line on the memory allocator: on CPU, which one runs, and under glibc how
+  to preload tcmalloc (nothing is changed for the user: an LD_PRELOAD must be set before the
+  process starts). None on accelerators, whose buffers XLA allocates itself."""
+  if backend != "cpu":
+    return None
+  used = malloc_in_use(maps_text)
+  if used != "glibc":
+    return f"allocator   {used}"
+  path = find_tcmalloc(library_dirs)
+  how = (f"LD_PRELOAD={path}" if path else
+         f"apt-get install {TCMALLOC_PACKAGE}, then LD_PRELOAD=/usr/lib/<arch>/{TCMALLOC_LIBRARY}")
+  return (f"allocator   glibc: the CPU step page-faults its buffers afresh every step; {how} "
+          f"before the command removes that (docs/performance.md, Allocator)")

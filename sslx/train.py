@@ -65,6 +65,9 @@ def header(config, workdir, *, latest, mesh, num_examples, pretext, param_count,
            f"  schedule    {config.total_steps} steps of {config.batch_size} ({config.optimizer.name}, "
            f"lr {config.optimizer.learning_rate:g})",
            f"  {kernels}"]
+  allocator = process.allocator_line(jax.default_backend())
+  if allocator:
+    lines.append(f"  {allocator}")
   return "\n".join(lines)
 
 

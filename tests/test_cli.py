@@ -61,7 +61,7 @@ def test_header_then_a_finished_workdir_says_so_with_its_metrics(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   head = result.stdout
   for part in ("(fresh)", "device(s)", "sample split 'train': 2000 images", "image.rotation",
-               "parameters", "1 steps of 16", "conv kernels"):
+               "parameters", "1 steps of 16", "conv kernels", "allocator   "):
     assert part in head, head
   again = _run("sslx.train", f"--config={QUICK}", f"--workdir={tmp_path}", "--config.total_steps=1")
   assert again.returncode == 0 and "is finished (step 1 of 1)" in again.stdout

@@ -182,3 +182,18 @@ def test_distributed_settings_come_from_flags_else_the_environment():
   assert process.distributed_settings(None, None, None, {}) == (None, None, None)  # JAX detects the cluster.
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='four'.*not integers"):
     process.distributed_settings(None, None, None, dict(env, JAX_NUM_PROCESSES="four"))
+
+
+def test_the_allocator_line_names_the_malloc_in_use_and_how_to_preload_tcmalloc(tmp_path):
+  tcmalloc_maps = "7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n"
+  glibc_maps = "7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+  assert process.malloc_in_use(tcmalloc_maps) == "tcmalloc"
+  assert process.malloc_in_use(glibc_maps) == "glibc"
+  assert process.allocator_line("cpu", maps_text=tcmalloc_maps) == "allocator   tcmalloc"
+  assert process.allocator_line("gpu", maps_text=glibc_maps) is None  # XLA allocates device memory itself.
+  (tmp_path / process.TCMALLOC_LIBRARY).write_bytes(b"")
+  found = process.allocator_line("cpu", maps_text=glibc_maps, library_dirs=(str(tmp_path),))
+  assert f"LD_PRELOAD={tmp_path / process.TCMALLOC_LIBRARY} " in found
+  missing = process.allocator_line("cpu", maps_text=glibc_maps, library_dirs=())
+  assert f"apt-get install {process.TCMALLOC_PACKAGE}" in missing
+  assert process.malloc_in_use() in ("glibc", "tcmalloc", "jemalloc")  # This process's own maps.

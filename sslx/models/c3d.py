@@ -30,6 +30,7 @@ GROUPS = (((64,), (1, 2, 2)), ((128,), (2, 2, 2)), ((256, 256), (2, 2, 2)),
 class Backbone(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
+  conv_kernels: str = "auto"  # sslx.models.conv.KERNELS: how the 3D convolutions run (not what).
 
   takes_video = True  # A plain class attribute, not a field: evaluation tells 3D from 2D by it.
 
@@ -39,7 +40,7 @@ class Backbone(nn.Module):
     features = {}
     for i, (channels, window) in enumerate(GROUPS):
       for j, c in enumerate(channels):
-        x = ConvBN3D(max(1, int(round(c * self.width))), dtype=self.dtype,
+        x = ConvBN3D(max(1, int(round(c * self.width))), dtype=self.dtype, kernels=self.conv_kernels,
                      name=f"conv{i + 1}{'ab'[j]}")(x, train=train)
       x = nn.max_pool(x, window, window, padding="SAME")
       features[f"block{i + 1}"] = x

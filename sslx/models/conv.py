@@ -1,4 +1,4 @@
-"""2D convolutions with kernels chosen for the backend: ``model.conv_kernels``.
+"""2D and 3D convolutions with kernels chosen for the backend: ``model.conv_kernels``.
 
 XLA:CPU's convolution kernels are slow next to oneDNN's (PyTorch's) on the same CPU,
 its weight-gradient kernel most of all (docs/performance.md; "Performance
@@ -12,8 +12,9 @@ test_conv.py checks each against ``jax.grad`` of the plain convolution):
 - "onednn": forward, input and weight gradients by oneDNN (``sslx.models.onednn``),
   CPU and fp32 only.
 - "taps": XLA's forward and input gradient; the weight gradient as one matmul per
-  kernel tap, ``x_shifted^T @ g`` over the batch and all positions (``conv2d``),
-  which XLA:CPU runs at matmul speed. Needs nothing beyond jax.
+  kernel tap, ``x_shifted^T @ g`` over the batch and all positions (``tap_conv``;
+  27 taps for a 3x3x3 kernel), which XLA:CPU runs at matmul speed. Needs nothing
+  beyond jax.
 - "auto": "onednn" on a single CPU device where it is ready (``onednn.ready()``: built
   and cached by ``prepare_kernels`` at start-up, never compiled inside tracing), "taps"
   on other CPU setups, "xla" elsewhere.
@@ -28,6 +29,7 @@ three decide in ``_choose``.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import flax.linen as nn
@@ -38,7 +40,7 @@ from jax import lax
 from sslx import models
 from sslx.models import onednn
 
-DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+DIMENSIONS = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}  # By spatial rank.
 KERNELS = ("auto", "onednn", "taps", "xla")
 
 
@@ -50,37 +52,36 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def _conv(x, kernel, strides, padding):
-  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DIMENSIONS)
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DIMENSIONS[x.ndim - 2])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x, kernel, strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]):
-  """NHWC x HWIO convolution with explicit ``padding`` ((low, high) per spatial axis)."""
+def tap_conv(x, kernel, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...]):
+  """Channels-last convolution (NHWC x HWIO, or NDHWC x DHWIO) with explicit ``padding``
+  ((low, high) per spatial axis), its weight gradient by taps."""
   return _conv(x, kernel, strides, padding)
 
 
-def _conv2d_fwd(x, kernel, strides, padding):
+def _tap_conv_fwd(x, kernel, strides, padding):
   return _conv(x, kernel, strides, padding), (x, kernel)
 
 
 def tap_weight_grad(x, g, kernel_shape, strides, padding):
-  """d(loss)/d(kernel) = sum over batch and output positions of x_window * g, one matmul per tap."""
-  kh, kw, cin, cout = kernel_shape
-  n, ho, wo, _ = g.shape
-  (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  sh, sw = strides
+  """d(loss)/d(kernel) = sum over batch and output positions of x_window * g, one matmul per tap
+  (2D or 3D: kernel_shape is (spatial..., C_in, C_out))."""
+  *window, cin, cout = kernel_shape
+  out_spatial = g.shape[1:-1]
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   g2 = g.reshape(-1, cout)
   taps = []
-  for i in range(kh):
-    for j in range(kw):
-      window = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
-                         (1, sh, sw, 1))
-      taps.append(jnp.dot(window.reshape(-1, cin).T, g2, preferred_element_type=jnp.float32))
+  for offsets in itertools.product(*(range(k) for k in window)):
+    limits = [o + s * (n - 1) + 1 for o, s, n in zip(offsets, strides, out_spatial)]
+    shifted = lax.slice(xp, (0, *offsets, 0), (x.shape[0], *limits, cin), (1, *strides, 1))
+    taps.append(jnp.dot(shifted.reshape(-1, cin).T, g2, preferred_element_type=jnp.float32))
   return jnp.stack(taps).reshape(kernel_shape)
 
 
-def _conv2d_bwd(strides, padding, residuals, g):
+def _tap_conv_bwd(strides, padding, residuals, g):
   x, kernel = residuals
   _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, strides, padding), x)
   dx = input_vjp(g)[0]
@@ -88,7 +89,7 @@ def _conv2d_bwd(strides, padding, residuals, g):
   return dx, dkernel
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
 
 
 @jax.custom_vjp
@@ -187,31 +188,32 @@ def resolve_kernels(kernels: str, dtype=jnp.float32) -> str:
 
 
 class Conv(nn.Module):
-  """SAME-padded 2D convolution without bias, parameters as ``nn.Conv`` (``kernel``, HWIO)."""
+  """SAME-padded 2D or 3D convolution without bias (by ``len(kernel_size)``), parameters as
+  ``nn.Conv`` (``kernel``, HWIO / DHWIO)."""
   features: int
-  kernel_size: tuple[int, int]
-  strides: tuple[int, int] = (1, 1)
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...] = (1, 1)
   kernels: str = "auto"
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
-    kh, kw = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+    window = tuple(self.kernel_size)
+    kernel = self.param("kernel", self.kernel_init, (*window, x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     strides = tuple(self.strides)
     kernels = resolve_kernels(self.kernels, self.dtype)
-    if kernels == "onednn" and (x.shape[1] < kh or x.shape[2] < kw):
+    if kernels == "onednn" and any(size < k for size, k in zip(x.shape[1:-1], window)):
       # oneDNN 2023.2 corrupts the heap on maps smaller than the kernel (a 3x3 kernel on a 2x1 or
       # 2x2 map, found on SyncNet's MFCC tower; tests/models/test_conv.py): XLA's kernel there.
       kernels = "xla"
     if kernels == "xla":
       return _conv(x, kernel, strides, "SAME")
-    padding = (same_padding(x.shape[1], kh, strides[0]), same_padding(x.shape[2], kw, strides[1]))
+    padding = tuple(same_padding(size, k, s) for size, k, s in zip(x.shape[1:-1], window, strides))
     if kernels == "onednn":
-      return onednn.conv2d(x, kernel, strides, padding)
-    return conv2d(x, kernel, strides, padding)
+      return onednn.conv(x, kernel, strides, padding)
+    return tap_conv(x, kernel, strides, padding)
 
 
 class Pointwise(nn.Module):
@@ -233,5 +235,5 @@ class Pointwise(nn.Module):
     if kernels == "xla":
       return jnp.dot(x, kernel)
     if kernels == "onednn":
-      return onednn.conv2d(x, kernel[None, None], (1, 1), ((0, 0), (0, 0)))
+      return onednn.conv(x, kernel[None, None], (1, 1), ((0, 0), (0, 0)))
     return pointwise(x, kernel)

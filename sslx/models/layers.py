@@ -86,6 +86,8 @@ class ConvBN3D(nn.Module):
   A 1x1x1 convolution is a Dense layer over channels, as in ``ConvBN``; with
   SAME padding a strided one reads exactly the voxels at multiples of the
   stride, so it is a strided slice and then that Dense layer (R3D's shortcuts).
+  Other convolutions go through ``sslx.models.conv.Conv``, whose ``kernels``
+  (``model.conv_kernels``) pick oneDNN's 3D kernels on one CPU device, as in 2D.
   """
   features: int
   kernel_size: tuple[int, int, int] = (3, 3, 3)
@@ -93,6 +95,7 @@ class ConvBN3D(nn.Module):
   relu: bool = True
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -101,8 +104,8 @@ class ConvBN3D(nn.Module):
       x = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="conv")(
           x[:, ::st, ::sh, ::sw])
     else:
-      x = nn.Conv(self.features, tuple(self.kernel_size), tuple(self.strides), padding="SAME",
-                  use_bias=False, dtype=self.dtype, kernel_init=flat_lecun_normal, name="conv")(x)
+      x = Conv(self.features, tuple(self.kernel_size), tuple(self.strides), kernels=self.kernels,
+               dtype=self.dtype, kernel_init=flat_lecun_normal, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype,
                      name="bn")(x)
     return nn.relu(x) if self.relu else x

@@ -1,10 +1,11 @@
-"""2D convolutions on CPU through oneDNN, the kernels PyTorch uses there.
+"""2D and 3D convolutions on CPU through oneDNN, the kernels PyTorch uses there.
 
 XLA:CPU's own convolutions run at 40-60% of oneDNN's speed on this project's CPU machines
 (README, "Performance against PyTorch"): its weight-gradient kernel most of all, but also the
-forward and input-gradient passes. ``conv2d`` computes all three passes with oneDNN (NHWC
-activations, as PyTorch's channels_last) through an XLA FFI custom call, so it runs inside
-the jitted train step like any other op, and is differentiable by its custom VJP. Only fp32,
+forward and input-gradient passes. ``conv`` computes all three passes of a 2D or 3D convolution
+with oneDNN (NHWC / NDHWC activations, as PyTorch's channels_last / channels_last_3d) through an
+XLA FFI custom call, so it runs inside the jitted train step like any other op, and is
+differentiable by its custom VJP. Only fp32,
 only on the CPU backend; ``sslx.models.conv.Conv`` picks it under ``model.conv_kernels``
 ("onednn"; "auto" where it is ready) and checks it against XLA's convolution in tests.
 
@@ -150,36 +151,36 @@ def prepare() -> str | None:
 
 
 def _call(pass_: int, a, b, out_shape, strides, padding):
-  (pt, pb), (pl, pr) = padding
+  flat_padding = [p for low_high in padding for p in low_high]  # (low, high) per spatial axis.
   return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32),
                           vmap_method="sequential")(
       a, b, **{"pass": np.int64(pass_)}, strides=np.asarray(strides, np.int64),
-      padding=np.asarray([pt, pb, pl, pr], np.int64))
+      padding=np.asarray(flat_padding, np.int64))
 
 
 def output_shape(x_shape, kernel_shape, strides, padding):
-  n, h, w, _ = x_shape
-  kh, kw, _, cout = kernel_shape
-  (pt, pb), (pl, pr) = padding
-  return (n, (h + pt + pb - kh) // strides[0] + 1, (w + pl + pr - kw) // strides[1] + 1, cout)
+  spatial = [(size + low + high - k) // s + 1
+             for size, k, s, (low, high) in zip(x_shape[1:-1], kernel_shape[:-2], strides, padding)]
+  return (x_shape[0], *spatial, kernel_shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x, kernel, strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]):
-  """NHWC x HWIO fp32 convolution with explicit ``padding`` ((low, high) per spatial axis), as
-  ``lax.conv_general_dilated``; call ``prepare()`` first (it registers the kernel)."""
+def conv(x, kernel, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...]):
+  """Channels-last fp32 convolution, 2D (NHWC x HWIO) or 3D (NDHWC x DHWIO), with explicit
+  ``padding`` ((low, high) per spatial axis), as ``lax.conv_general_dilated``; call
+  ``prepare()`` first (it registers the kernel)."""
   return _call(0, x, kernel, output_shape(x.shape, kernel.shape, strides, padding), strides, padding)
 
 
-def _conv2d_fwd(x, kernel, strides, padding):
-  return conv2d(x, kernel, strides, padding), (x, kernel)
+def _conv_fwd(x, kernel, strides, padding):
+  return conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv2d_bwd(strides, padding, residuals, g):
+def _conv_bwd(strides, padding, residuals, g):
   x, kernel = residuals
   dx = _call(1, g, kernel, x.shape, strides, padding)
   dkernel = _call(2, x, g, kernel.shape, strides, padding)
   return dx, dkernel
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+conv.defvjp(_conv_fwd, _conv_bwd)

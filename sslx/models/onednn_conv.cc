@@ -1,10 +1,12 @@
-// 2D convolution (NHWC activations, HWIO weights, fp32) through oneDNN, as an XLA FFI custom call.
+// 2D and 3D convolutions (channels-last activations: NHWC / NDHWC; weights HWIO / DHWIO; fp32)
+// through oneDNN, as an XLA FFI custom call. The rank of the operands says which.
 //
-// One handler serves the three passes, chosen by the attribute `pass`:
+// One handler serves the three passes, chosen by the attribute `pass` (2D shown; 3D adds D):
 //   0 forward:          a = x (N,H,W,Ci),     b = w (KH,KW,Ci,Co)  -> y  (N,Ho,Wo,Co)
 //   1 input gradient:   a = dy (N,Ho,Wo,Co),  b = w (KH,KW,Ci,Co)  -> dx (N,H,W,Ci)
 //   2 weight gradient:  a = x (N,H,W,Ci),     b = dy (N,Ho,Wo,Co) -> dw (KH,KW,Ci,Co)
-// Activations stay NHWC (oneDNN's channels-last kernels, what PyTorch uses with channels_last);
+// Activations stay channels-last (oneDNN's nhwc / ndhwc kernels, what PyTorch uses with
+// channels_last / channels_last_3d);
 // weights are reordered to and from the blocked layout the chosen kernel wants.
 // Primitives (the convolution and its weight reorder) are built once per (pass, shapes, strides,
 // padding) and cached; one mutex serialises execution, since the cached primitives share their
@@ -34,6 +36,7 @@ struct Plan {
   memory::desc x_md, y_md, w_user_md, w_md;  // w_md: the kernel's layout (diff weights for pass 2)
   std::unique_ptr<memory> w_buffer;          // weights in the kernel's layout, when it differs
   dnnl::reorder w_reorder;                   // into w_buffer (passes 0, 1), out of it (pass 2)
+  std::unique_ptr<memory> scratchpad;        // the convolution's own (user-managed) scratchpad
 };
 
 struct State {
@@ -53,29 +56,40 @@ Plan make_plan(State& s, int64_t pass, const memory::dims& x_dims, const memory:
                const memory::dims& pad_l, const memory::dims& pad_r) {
   using tag = memory::format_tag;
   const auto f32 = memory::data_type::f32;
+  const bool three_d = x_dims.size() == 5;
   Plan plan;
-  plan.x_md = memory::desc(x_dims, f32, tag::nhwc);
-  plan.y_md = memory::desc(y_dims, f32, tag::nhwc);
-  plan.w_user_md = memory::desc(w_dims, f32, tag::hwio);
+  plan.x_md = memory::desc(x_dims, f32, three_d ? tag::ndhwc : tag::nhwc);
+  plan.y_md = memory::desc(y_dims, f32, three_d ? tag::ndhwc : tag::nhwc);
+  plan.w_user_md = memory::desc(w_dims, f32, three_d ? tag::dhwio : tag::hwio);
   const memory::desc w_any(w_dims, f32, tag::any);
   const auto algo = dnnl::algorithm::convolution_direct;
+  // Each plan owns its scratchpad. With oneDNN's default (a library-managed buffer shared between
+  // primitives) R3D-18's train step at 4x16x16 crashed in 2 of 4 runs, in the memset of the 3D
+  // GEMM weight gradient (execute_backward_weights_nspc); with its own, in none of 12.
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::convolution_forward::primitive_desc fwd(
       s.engine, dnnl::prop_kind::forward_training, algo, plan.x_md, w_any, plan.y_md, strides,
-      pad_l, pad_r);
+      pad_l, pad_r, attr);
+  memory::desc scratchpad_md;
   if (pass == 0) {
     plan.w_md = fwd.weights_desc();
     plan.conv = dnnl::convolution_forward(fwd);
+    scratchpad_md = fwd.scratchpad_desc();
   } else if (pass == 1) {
     dnnl::convolution_backward_data::primitive_desc bwd(s.engine, algo, plan.x_md, w_any,
-                                                        plan.y_md, strides, pad_l, pad_r, fwd);
+                                                        plan.y_md, strides, pad_l, pad_r, fwd, attr);
     plan.w_md = bwd.weights_desc();
     plan.conv = dnnl::convolution_backward_data(bwd);
+    scratchpad_md = bwd.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc bwd(
-        s.engine, algo, plan.x_md, w_any, plan.y_md, strides, pad_l, pad_r, fwd);
+        s.engine, algo, plan.x_md, w_any, plan.y_md, strides, pad_l, pad_r, fwd, attr);
     plan.w_md = bwd.diff_weights_desc();
     plan.conv = dnnl::convolution_backward_weights(bwd);
+    scratchpad_md = bwd.scratchpad_desc();
   }
+  plan.scratchpad = std::make_unique<memory>(scratchpad_md, s.engine);
   if (plan.w_md != plan.w_user_md) {
     plan.w_buffer = std::make_unique<memory>(plan.w_md, s.engine);
     const bool out = pass == 2;
@@ -89,19 +103,27 @@ ffi::Error Convolution(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                        ffi::ResultBuffer<ffi::F32> out, int64_t pass,
                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
   if (pass < 0 || pass > 2) return ffi::Error::InvalidArgument("pass must be 0, 1 or 2");
-  if (strides.size() != 2 || padding.size() != 4)
-    return ffi::Error::InvalidArgument("strides needs 2 values and padding 4 (top, bottom, left, right)");
-  const auto x_nhwc = pass == 1 ? out->dimensions() : a.dimensions();
-  const auto w_hwio = pass == 2 ? out->dimensions() : b.dimensions();
-  const auto y_nhwc = pass == 0 ? out->dimensions() : (pass == 1 ? a.dimensions() : b.dimensions());
-  if (x_nhwc.size() != 4 || w_hwio.size() != 4 || y_nhwc.size() != 4)
-    return ffi::Error::InvalidArgument("activations must be NHWC and weights HWIO (rank 4)");
-  // oneDNN's logical dimensions are (N, C, H, W) and (O, I, KH, KW) whatever the memory layout.
-  const memory::dims x_dims{x_nhwc[0], x_nhwc[3], x_nhwc[1], x_nhwc[2]};
-  const memory::dims w_dims{w_hwio[3], w_hwio[2], w_hwio[0], w_hwio[1]};
-  const memory::dims y_dims{y_nhwc[0], y_nhwc[3], y_nhwc[1], y_nhwc[2]};
-  const memory::dims stride{strides[0], strides[1]};
-  const memory::dims pad_l{padding[0], padding[2]}, pad_r{padding[1], padding[3]};
+  const auto x_cl = pass == 1 ? out->dimensions() : a.dimensions();  // channels-last
+  const auto w_cl = pass == 2 ? out->dimensions() : b.dimensions();  // (spatial..., I, O)
+  const auto y_cl = pass == 0 ? out->dimensions() : (pass == 1 ? a.dimensions() : b.dimensions());
+  const size_t rank = x_cl.size();
+  if ((rank != 4 && rank != 5) || w_cl.size() != rank || y_cl.size() != rank)
+    return ffi::Error::InvalidArgument("activations must be NHWC / NDHWC and weights HWIO / DHWIO");
+  const size_t spatial = rank - 2;
+  if (strides.size() != spatial || padding.size() != 2 * spatial)
+    return ffi::Error::InvalidArgument("strides needs one value per spatial axis and padding two (low, high)");
+  // oneDNN's logical dimensions are (N, C, spatial...) and (O, I, kernel...) whatever the memory layout.
+  memory::dims x_dims{x_cl[0], x_cl[rank - 1]}, y_dims{y_cl[0], y_cl[rank - 1]};
+  memory::dims w_dims{w_cl[rank - 1], w_cl[rank - 2]};
+  memory::dims stride, pad_l, pad_r;
+  for (size_t i = 0; i < spatial; ++i) {
+    x_dims.push_back(x_cl[i + 1]);
+    y_dims.push_back(y_cl[i + 1]);
+    w_dims.push_back(w_cl[i]);
+    stride.push_back(strides[i]);
+    pad_l.push_back(padding[2 * i]);
+    pad_r.push_back(padding[2 * i + 1]);
+  }
 
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -109,7 +131,10 @@ ffi::Error Convolution(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     std::vector<int64_t> dims(x_dims.begin(), x_dims.end());
     dims.insert(dims.end(), w_dims.begin(), w_dims.end());
     dims.insert(dims.end(), y_dims.begin(), y_dims.end());
-    const Key key{pass, dims, {stride[0], stride[1], pad_l[0], pad_l[1], pad_r[0], pad_r[1]}};
+    std::vector<int64_t> geometry(stride.begin(), stride.end());
+    geometry.insert(geometry.end(), pad_l.begin(), pad_l.end());
+    geometry.insert(geometry.end(), pad_r.begin(), pad_r.end());
+    const Key key{pass, dims, geometry};
     auto it = s.plans.find(key);
     if (it == s.plans.end())
       it = s.plans.emplace(key, make_plan(s, pass, x_dims, w_dims, y_dims, stride, pad_l, pad_r)).first;
@@ -123,14 +148,16 @@ ffi::Error Convolution(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     memory w_mem = plan.w_buffer ? *plan.w_buffer : w_user;
 
     if (pass != 2 && plan.w_buffer) plan.w_reorder.execute(s.stream, w_user, w_mem);
+    const auto& pad = *plan.scratchpad;
     if (pass == 0) {
-      plan.conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem}});
+      plan.conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem},
+                                   {DNNL_ARG_SCRATCHPAD, pad}});
     } else if (pass == 1) {
       plan.conv.execute(s.stream, {{DNNL_ARG_DIFF_DST, y_mem}, {DNNL_ARG_WEIGHTS, w_mem},
-                                   {DNNL_ARG_DIFF_SRC, x_mem}});
+                                   {DNNL_ARG_DIFF_SRC, x_mem}, {DNNL_ARG_SCRATCHPAD, pad}});
     } else {
       plan.conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, y_mem},
-                                   {DNNL_ARG_DIFF_WEIGHTS, w_mem}});
+                                   {DNNL_ARG_DIFF_WEIGHTS, w_mem}, {DNNL_ARG_SCRATCHPAD, pad}});
       if (plan.w_buffer) plan.w_reorder.execute(s.stream, w_mem, w_user);
     }
     s.stream.wait();

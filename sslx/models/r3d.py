@@ -39,18 +39,19 @@ def mid_channels(n_in: int, n_out: int, t: int = 3, d: int = 3) -> int:
 
 
 def conv_bn(x, features: int, t: int, d: int, strides: tuple[int, int], *, conv: str, relu: bool,
-            dtype: Any, name: str, train: bool):
+            dtype: Any, name: str, train: bool, kernels: str = "auto"):
   """A t x d x d convolution + BN (+ ReLU), strides (temporal, spatial), called in a compact module.
 
   ``conv="2plus1d"`` factorises it into ``{name}_spatial`` and ``{name}_temporal``.
   """
   st, ss = strides
   if conv == "3d":
-    return ConvBN3D(features, (t, d, d), (st, ss, ss), relu=relu, dtype=dtype, name=name)(
-        x, train=train)
+    return ConvBN3D(features, (t, d, d), (st, ss, ss), relu=relu, dtype=dtype, kernels=kernels,
+                    name=name)(x, train=train)
   mid = mid_channels(x.shape[-1], features, t, d)
-  x = ConvBN3D(mid, (1, d, d), (1, ss, ss), dtype=dtype, name=f"{name}_spatial")(x, train=train)
-  return ConvBN3D(features, (t, 1, 1), (st, 1, 1), relu=relu, dtype=dtype,
+  x = ConvBN3D(mid, (1, d, d), (1, ss, ss), dtype=dtype, kernels=kernels, name=f"{name}_spatial")(
+      x, train=train)
+  return ConvBN3D(features, (t, 1, 1), (st, 1, 1), relu=relu, dtype=dtype, kernels=kernels,
                   name=f"{name}_temporal")(x, train=train)
 
 
@@ -59,15 +60,16 @@ class BasicBlock(nn.Module):
   strides: int
   conv: str
   dtype: Any
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train):
     residual = x
     s = (self.strides, self.strides)
     y = conv_bn(x, self.features, 3, 3, s, conv=self.conv, relu=True, dtype=self.dtype,
-                name="conv1", train=train)
+                name="conv1", train=train, kernels=self.kernels)
     y = conv_bn(y, self.features, 3, 3, (1, 1), conv=self.conv, relu=False, dtype=self.dtype,
-                name="conv2", train=train)
+                name="conv2", train=train, kernels=self.kernels)
     if residual.shape != y.shape:
       residual = ConvBN3D(self.features, (1, 1, 1), (self.strides,) * 3, relu=False,
                           dtype=self.dtype, name="shortcut")(residual, train=train)
@@ -79,6 +81,7 @@ class Backbone(nn.Module):
   dtype: Any = jnp.float32
   conv: str = "3d"
   stages: int = 4  # How many of the 4 stages to keep (the trunk before a fusion).
+  conv_kernels: str = "auto"  # sslx.models.conv.KERNELS: how the 3D convolutions run (not what).
 
   takes_video = True  # A plain class attribute, not a field: evaluation tells 3D from 2D by it.
 
@@ -92,12 +95,12 @@ class Backbone(nn.Module):
     x = x.astype(self.dtype)
     features = {}
     x = conv_bn(x, channels(64), 3, 7, (1, 2), conv=self.conv, relu=True, dtype=self.dtype,
-                name="stem", train=train)
+                name="stem", train=train, kernels=self.conv_kernels)
     features["stem"] = x
     for stage, num_blocks in enumerate(STAGE_SIZES[:self.stages]):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = BasicBlock(channels(64 * 2**stage), strides, self.conv, self.dtype,
+        x = BasicBlock(channels(64 * 2**stage), strides, self.conv, self.dtype, self.conv_kernels,
                        name=f"stage{stage + 1}_block{b + 1}")(x, train=train)
       features[f"block{stage + 1}"] = x
     features["pooled"] = global_avg_pool3d(x)

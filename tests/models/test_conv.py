@@ -26,7 +26,7 @@ RUNNABLE_KERNELS = [k for k in conv.KERNELS if k != "onednn" or not _onednn_skip
 
 
 def _reference(x, kernel, strides):
-  return jax.lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=conv.DIMENSIONS)
+  return jax.lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=conv.DIMENSIONS[x.ndim - 2])
 
 
 @pytest.mark.parametrize("size, kernel_size, cin, cout, stride", [
@@ -37,17 +37,42 @@ def test_tap_weight_gradient_equals_jax_grad_of_the_plain_convolution(size, kern
   kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, cin, cout)), jnp.float32)
   strides = (stride, stride)
   padding = (conv.same_padding(size, kernel_size, stride), conv.same_padding(size + 1, kernel_size, stride))
-  out = conv.conv2d(x, kernel, strides, padding)
+  out = conv.tap_conv(x, kernel, strides, padding)
   reference = _reference(x, kernel, strides)
   np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-5)
   g = jnp.asarray(rng.standard_normal(reference.shape), jnp.float32)
   loss = lambda f: lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
-  dx, dk = jax.grad(loss(lambda x_, k_: conv.conv2d(x_, k_, strides, padding)), argnums=(0, 1))(x, kernel)
+  dx, dk = jax.grad(loss(lambda x_, k_: conv.tap_conv(x_, k_, strides, padding)), argnums=(0, 1))(x, kernel)
   rx, rk = jax.grad(loss(lambda x_, k_: _reference(x_, k_, strides)), argnums=(0, 1))(x, kernel)
   np.testing.assert_array_equal(dx, rx)  # The input gradient is XLA's own.
   # The weight gradient is the same sum in another order: fp32 rounding only.
   scale = float(jnp.max(jnp.abs(rk)))
   assert float(jnp.max(jnp.abs(dk - rk))) / scale < 1e-5
+
+
+# 3D: (T, H, W), kernel (t, d, d), strides; R3D's stem (3x7x7 /1x2x2), R(2+1)D's factors, C3D's 3x3x3.
+CASES_3D = [((4, 6, 7), (3, 3, 3), (1, 1, 1)), ((5, 8, 8), (3, 3, 3), (2, 2, 2)),
+            ((4, 9, 9), (3, 7, 7), (1, 2, 2)), ((3, 7, 6), (1, 3, 3), (1, 2, 2)), ((6, 4, 4), (3, 1, 1), (2, 1, 1))]
+
+
+def _case_3d(spatial, window, cin=3, cout=4, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((2, *spatial, cin)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((*window, cin, cout)), jnp.float32)
+  return x, kernel
+
+
+@pytest.mark.parametrize("spatial, window, strides", CASES_3D)
+def test_3d_tap_weight_gradient_equals_jax_grad_of_the_plain_convolution(spatial, window, strides):
+  x, kernel = _case_3d(spatial, window)
+  padding = tuple(conv.same_padding(n, k, s) for n, k, s in zip(spatial, window, strides))
+  reference = _reference(x, kernel, strides)
+  np.testing.assert_allclose(conv.tap_conv(x, kernel, strides, padding), reference, rtol=1e-6, atol=1e-5)
+  g = jnp.asarray(np.random.default_rng(1).standard_normal(reference.shape), jnp.float32)
+  loss = lambda f: lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
+  dk = jax.grad(loss(lambda x_, k_: conv.tap_conv(x_, k_, strides, padding)), argnums=1)(x, kernel)
+  rk = jax.grad(loss(lambda x_, k_: _reference(x_, k_, strides)), argnums=1)(x, kernel)
+  assert float(jnp.max(jnp.abs(dk - rk))) / float(jnp.max(jnp.abs(rk))) < 1e-5
 
 
 def _require_onednn():
@@ -74,7 +99,7 @@ def test_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(size,
     loss = lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
     return jax.jit(lambda x_, k_: (f(x_, k_), jax.grad(loss, argnums=(0, 1))(x_, k_)))
 
-  ours = value_and_grads(lambda x_, k_: onednn.conv2d(x_, k_, strides, padding))
+  ours = value_and_grads(lambda x_, k_: onednn.conv(x_, k_, strides, padding))
   # All three passes are oneDNN's custom call, not XLA's convolution.
   hlo = ours.lower(x, kernel).as_text()
   assert hlo.count(onednn.TARGET) == 3 and "convolution" not in hlo
@@ -84,6 +109,39 @@ def test_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(size,
   for ours_, theirs in ((out, reference), (dx, rx), (dk, rk)):
     assert ours_.shape == theirs.shape
     assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
+
+
+@pytest.mark.parametrize("spatial, window, strides", CASES_3D)
+def test_3d_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(spatial, window, strides):
+  _require_onednn()
+  x, kernel = _case_3d(spatial, window, cin=5, cout=6, seed=2)
+  padding = tuple(conv.same_padding(n, k, s) for n, k, s in zip(spatial, window, strides))
+  g = jnp.asarray(np.random.default_rng(3).standard_normal(_reference(x, kernel, strides).shape), jnp.float32)
+
+  def value_and_grads(f):
+    loss = lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
+    return jax.jit(lambda x_, k_: (f(x_, k_), jax.grad(loss, argnums=(0, 1))(x_, k_)))
+
+  ours = value_and_grads(lambda x_, k_: onednn.conv(x_, k_, strides, padding))
+  hlo = ours.lower(x, kernel).as_text()
+  assert hlo.count(onednn.TARGET) == 3 and "convolution" not in hlo
+  out, (dx, dk) = ours(x, kernel)
+  reference, (rx, rk) = value_and_grads(lambda x_, k_: _reference(x_, k_, strides))(x, kernel)
+  for ours_, theirs in ((out, reference), (dx, rx), (dk, rk)):
+    assert ours_.shape == theirs.shape
+    assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
+
+
+def test_3d_conv_module_is_a_drop_in_for_nn_conv():
+  x, _ = _case_3d((4, 7, 7), (3, 3, 3))
+  for strides in ((1, 1, 1), (2, 2, 2)):
+    plain = nn.Conv(4, (3, 3, 3), strides, padding="SAME", use_bias=False)
+    params = plain.init(jax.random.PRNGKey(0), x)
+    for kernels in RUNNABLE_KERNELS:
+      assert kernels != "onednn" or onednn.prepare() is None
+      module = conv.Conv(4, (3, 3, 3), strides, kernels=kernels)
+      assert jax.tree.map(jnp.shape, module.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
+      np.testing.assert_allclose(module.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
 class _Device:
@@ -130,8 +188,10 @@ def test_explicit_onednn_on_several_devices_or_another_backend_is_a_one_line_err
 
 def test_kernel_lines_read_the_model_config_and_its_old_option_name():
   cpu = [_Device("cpu")]
-  assert conv.check_kernels({"name": "r3d", "width": 0.25}, cpu) == (
+  assert conv.check_kernels({"name": "waveform"}, cpu) == (
       "conv kernels: xla (the backbone has no model.conv_kernels)")
+  assert conv.check_kernels({"name": "r3d", "width": 0.25, "conv_kernels": "taps"}, cpu) == (
+      "conv kernels: taps (model.conv_kernels)")
   assert conv.check_kernels({"name": "convnet", "conv_weight_grad": "taps"}, cpu) == (
       "conv kernels: taps (model.conv_kernels)")
   assert conv.check_kernels({"name": "convnet", "dtype": "bfloat16"}, cpu) == (
