@@ -32,8 +32,10 @@ import subprocess
 import sys
 import time
 
+from sslx import process
+
 HERE = pathlib.Path(__file__).resolve().parent
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+LIBRARY_DIRS = process.LIBRARY_DIRS
 # name: (library to preload, extra environment). jemalloc's default returns freed pages to the
 # kernel after 10 s of decay; "jemalloc_keep" never does, as tcmalloc's default behaves here.
 ALLOCATORS = {"glibc": (None, {}), "jemalloc": ("libjemalloc.so.2", {}),

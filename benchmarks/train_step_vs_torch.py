@@ -185,20 +185,35 @@ def torch_video_model(model_name: str, config):
   return nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(cin, 2))
 
 
+def torch_sgd(model):
+  """sslx's optimizer in PyTorch: SGD, Nesterov momentum 0.9, weight decay 5e-4 on kernels only."""
+  import torch
+  decay = [p for p in model.parameters() if p.ndim > 1]
+  no_decay = [p for p in model.parameters() if p.ndim <= 1]
+  return torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                         lr=LEARNING_RATE, momentum=0.9, nesterov=True)
+
+
+def torch_update(model, optimizer, x, labels) -> float:
+  """One cross-entropy step; returns the loss (waits for the step)."""
+  from torch import nn
+  loss = nn.functional.cross_entropy(model(x), labels)
+  optimizer.zero_grad(set_to_none=True)
+  loss.backward()
+  optimizer.step()
+  return loss.item()
+
+
 def torch_step(model_name: str, config, images: np.ndarray, *, channels_last: bool):
   """The same step, hand-written in PyTorch; returns run_one_step."""
   import torch
-  from torch import nn
 
   if model_name in VIDEO_MODELS:
     return torch_video_step(model_name, config, images, channels_last=channels_last)
   model = torch_model(model_name, config)
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
   model = model.to(memory_format=memory_format).train()
-  decay = [p for p in model.parameters() if p.ndim > 1]
-  no_decay = [p for p in model.parameters() if p.ndim <= 1]
-  optimizer = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                              lr=LEARNING_RATE, momentum=0.9, nesterov=True)
+  optimizer = torch_sgd(model)
   mean = torch.tensor(config.normalize.mean).view(1, 3, 1, 1)
   std = torch.tensor(config.normalize.std).view(1, 3, 1, 1)
   batch = torch.from_numpy(images)  # uint8 NHWC, as sslx's host sends it.
@@ -208,11 +223,7 @@ def torch_step(model_name: str, config, images: np.ndarray, *, channels_last: bo
     x = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
     x = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
     x = x.contiguous(memory_format=memory_format)
-    loss = nn.functional.cross_entropy(model(x), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return torch_update(model, optimizer, x, labels)
 
   return run
 
@@ -221,15 +232,11 @@ def torch_video_step(model_name: str, config, clips: np.ndarray, *, channels_las
   """The arrow-of-time step in PyTorch: every other clip reversed in time, the twin backbone,
   cross-entropy on forward / backward, the same SGD; returns run_one_step."""
   import torch
-  from torch import nn
 
   model = torch_video_model(model_name, config)
   memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
   model = model.to(memory_format=memory_format).train()
-  decay = [p for p in model.parameters() if p.ndim > 1]
-  no_decay = [p for p in model.parameters() if p.ndim <= 1]
-  optimizer = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                              lr=LEARNING_RATE, momentum=0.9, nesterov=True)
+  optimizer = torch_sgd(model)
   mean = torch.tensor(config.normalize.mean).view(1, 3, 1, 1, 1)
   std = torch.tensor(config.normalize.std).view(1, 3, 1, 1, 1)
   batch = torch.from_numpy(clips)  # uint8 (B, T, H, W, 3), as sslx's host sends it.
@@ -238,11 +245,7 @@ def torch_video_step(model_name: str, config, clips: np.ndarray, *, channels_las
   def run():
     x = batch.permute(0, 4, 1, 2, 3).float().div_(255.0).sub_(mean).div_(std)
     x = torch.where(labels.view(-1, 1, 1, 1, 1) == 1, x.flip(2), x).contiguous(memory_format=memory_format)
-    loss = nn.functional.cross_entropy(model(x), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return torch_update(model, optimizer, x, labels)
 
   return run
 

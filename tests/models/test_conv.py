@@ -75,6 +75,24 @@ def test_3d_tap_weight_gradient_equals_jax_grad_of_the_plain_convolution(spatial
   assert float(jnp.max(jnp.abs(dk - rk))) / float(jnp.max(jnp.abs(rk))) < 1e-5
 
 
+def _assert_onednn_equals_xla(x, kernel, g, strides, padding):
+  """oneDNN's convolution, input and weight gradients (of sum(conv * g)) against XLA's."""
+  def value_and_grads(f):
+    loss = lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
+    return jax.jit(lambda x_, k_: (f(x_, k_), jax.grad(loss, argnums=(0, 1))(x_, k_)))
+
+  ours = value_and_grads(lambda x_, k_: onednn.conv(x_, k_, strides, padding))
+  # All three passes are oneDNN's custom call, not XLA's convolution.
+  hlo = ours.lower(x, kernel).as_text()
+  assert hlo.count(onednn.TARGET) == 3 and "convolution" not in hlo
+  out, (dx, dk) = ours(x, kernel)
+  reference, (rx, rk) = value_and_grads(lambda x_, k_: _reference(x_, k_, strides))(x, kernel)
+  # The same sums in another order: fp32 rounding only.
+  for ours_, theirs in ((out, reference), (dx, rx), (dk, rk)):
+    assert ours_.shape == theirs.shape
+    assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
+
+
 def _require_onednn():
   """Skips where oneDNN cannot run; elsewhere builds (or loads) the kernel, as the tests ask for it."""
   if _onednn_skip_reason():
@@ -94,21 +112,7 @@ def test_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(size,
   strides = (stride, stride)
   padding = (conv.same_padding(size, kernel_size, stride), conv.same_padding(size + 1, kernel_size, stride))
   g = jnp.asarray(rng.standard_normal(_reference(x, kernel, strides).shape), jnp.float32)
-
-  def value_and_grads(f):
-    loss = lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
-    return jax.jit(lambda x_, k_: (f(x_, k_), jax.grad(loss, argnums=(0, 1))(x_, k_)))
-
-  ours = value_and_grads(lambda x_, k_: onednn.conv(x_, k_, strides, padding))
-  # All three passes are oneDNN's custom call, not XLA's convolution.
-  hlo = ours.lower(x, kernel).as_text()
-  assert hlo.count(onednn.TARGET) == 3 and "convolution" not in hlo
-  out, (dx, dk) = ours(x, kernel)
-  reference, (rx, rk) = value_and_grads(lambda x_, k_: _reference(x_, k_, strides))(x, kernel)
-  # The same sums in another order: fp32 rounding only.
-  for ours_, theirs in ((out, reference), (dx, rx), (dk, rk)):
-    assert ours_.shape == theirs.shape
-    assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
+  _assert_onednn_equals_xla(x, kernel, g, strides, padding)
 
 
 @pytest.mark.parametrize("spatial, window, strides", CASES_3D)
@@ -117,19 +121,7 @@ def test_3d_onednn_convolution_and_its_gradients_equal_the_plain_convolutions(sp
   x, kernel = _case_3d(spatial, window, cin=5, cout=6, seed=2)
   padding = tuple(conv.same_padding(n, k, s) for n, k, s in zip(spatial, window, strides))
   g = jnp.asarray(np.random.default_rng(3).standard_normal(_reference(x, kernel, strides).shape), jnp.float32)
-
-  def value_and_grads(f):
-    loss = lambda x_, k_: jnp.sum(f(x_, k_) * g)  # noqa: E731
-    return jax.jit(lambda x_, k_: (f(x_, k_), jax.grad(loss, argnums=(0, 1))(x_, k_)))
-
-  ours = value_and_grads(lambda x_, k_: onednn.conv(x_, k_, strides, padding))
-  hlo = ours.lower(x, kernel).as_text()
-  assert hlo.count(onednn.TARGET) == 3 and "convolution" not in hlo
-  out, (dx, dk) = ours(x, kernel)
-  reference, (rx, rk) = value_and_grads(lambda x_, k_: _reference(x_, k_, strides))(x, kernel)
-  for ours_, theirs in ((out, reference), (dx, rx), (dk, rk)):
-    assert ours_.shape == theirs.shape
-    assert float(jnp.max(jnp.abs(ours_ - theirs))) / float(jnp.max(jnp.abs(theirs))) < 1e-5
+  _assert_onednn_equals_xla(x, kernel, g, strides, padding)
 
 
 def test_3d_conv_module_is_a_drop_in_for_nn_conv():
