@@ -6,10 +6,11 @@ high-motion window, reversed with probability 1/2; binary classifier on the
 pooled features. Wei et al. use optical flow and a T-CAM (VGG-16) model; only
 RGB is implemented here (see sslx/pretexts/video/arrow_of_time.py).
 
-Sized from a guess, not a measured run: one step of 32 clips of 8 x 64 x 64
-cost about 17.5 CPU-seconds here (XLA:CPU's 3D convolutions are slow), so 16
-clips x 160 steps should take about 15 minutes on 2 CPU cores. Optimizer:
-configs.base_video's AdamW 1e-3, cosine.
+Sized when XLA ran the 3D convolutions (one step of 32 clips of 8 x 64 x 64
+cost about 17.5 CPU-seconds then): 16 clips x 160 steps. oneDNN's 3D
+convolutions (model.conv_kernels, default auto) make this model's step about
+6x faster on the 2-core CPU (docs/performance.md); this config's wall time has
+not been measured again since. Optimizer: configs.base_video's AdamW 1e-3, cosine.
 """
 
 import ml_collections

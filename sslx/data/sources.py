@@ -1,7 +1,8 @@
 """Random-access image sources chosen by one string, the config's ``dataset``.
 
 - ``sample``: 2,000 train + 1,000 test CIFAR-10 images shipped in the package
-  (sslx/data/sample), so the first run works offline anywhere.
+  (sslx/data/sample/cifar10.zip, one uncompressed archive of the JPEG files), so the
+  first run works offline anywhere.
 - ``sample_video``: 33 short egogestar gesture clips shipped in the package
   (sslx/data/sample_video, re-encoded small), for quick video runs.
 - ``sample_av``: 16 GRID speaker-1 clips with their speech (sslx/data/sample_av,
@@ -47,6 +48,7 @@ the pipeline, so that an unreadable file is skipped, named and counted there.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,7 @@ from sslx.data import base, video
 from sslx.data.base import TfdsSource  # noqa: F401  (sources.TfdsSource, as before)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLE_ARCHIVE = SAMPLE_DIR / "cifar10.zip"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DATA_DIR_VARIABLE = "SSLX_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -140,6 +143,39 @@ class FolderSource:
     return f"FolderSource({len(self)} images, {self.num_classes} classes)"
 
 
+class ZipImageSource:
+  """Images stored in a zip archive as ``<split>/<class>/<image>``: the same classes, order and
+  records as a ``FolderSource`` of the unpacked folder (sorted class names, sorted file names),
+  with paths named ``<archive>/<member>``. The split's bytes are read once, at construction
+  (the shipped sample's are 2.8 MB), so records need no open archive and the source pickles."""
+
+  def __init__(self, archive: str | os.PathLike, split: str):
+    archive = Path(archive)
+    if not archive.is_file():
+      raise FileNotFoundError(f"image archive {archive} does not exist: reinstall sslx, or rebuild it with "
+                              f"python -m sslx.data.make_image_sample")
+    with zipfile.ZipFile(archive) as z:
+      members = [n for n in z.namelist() if n.startswith(f"{split}/") and n.count("/") == 2
+                 and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+      self.classes = sorted({n.split("/")[1] for n in members})
+      if not members:
+        raise ValueError(f"no images for split '{split}' in {archive}: expected {split}/<class>/<image> members")
+      ordered = sorted(members, key=lambda n: (self.classes.index(n.split("/")[1]), n.split("/")[2]))
+      self._bytes = [z.read(n) for n in ordered]
+    self.paths = [f"{archive}/{n}" for n in ordered]
+    self.labels = [self.classes.index(n.split("/")[1]) for n in ordered]
+    self.num_classes = len(self.classes)
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    return {"label": self.labels[index], "path": self.paths[index], "image": self._bytes[index]}
+
+  def __repr__(self):
+    return f"ZipImageSource({len(self)} images, {self.num_classes} classes)"
+
+
 def _images_in(folder: Path) -> list[str]:
   return [str(p) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
 
@@ -186,7 +222,7 @@ def get_source(spec: str, split: str, data_dir: str | None = None, *, test_every
              for part in spec[len("mix:"):].split(",") if part]
     return MixedSource(parts, names=[p for p in spec[len("mix:"):].split(",") if p])
   if spec == "sample":
-    return FolderSource(SAMPLE_DIR, split)
+    return ZipImageSource(SAMPLE_ARCHIVE, split)
   if spec == "sample_video":
     return video.VideoFolderSource(video.SAMPLE_VIDEO_DIR, split, test_every=test_every)
   if spec == "sample_av":

@@ -1,5 +1,4 @@
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,28 @@ def test_sample_is_real_cifar_subset():
   assert train.num_classes == 10 and train.classes[0] == "airplane" and train.classes[-1] == "truck"
   image = image_ops.decode(train[0]["image"])
   assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and image.std() > 10
+  assert np.bincount(train.labels).tolist() == [200] * 10 and np.bincount(test.labels).tolist() == [100] * 10
+  assert not set(train.paths) & set(test.paths)
+
+
+def test_zip_image_source_reads_as_the_unpacked_folder_does(tmp_path):
+  """The same classes, order, labels and bytes as a FolderSource of the same images unpacked;
+  members outside <split>/<class>/<image> are ignored; a missing archive or split is one line."""
+  import zipfile
+  _copy_sample_images(tmp_path / "imgs" / "train", per_class=3, classes=("bird", "airplane"))
+  with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as z:
+    for path in sorted((tmp_path / "imgs").rglob("*.jpg"), reverse=True):  # Stored out of order.
+      z.write(path, path.relative_to(tmp_path / "imgs").as_posix())
+    z.writestr("train/notes.txt", "not an image")
+  packed = sources.ZipImageSource(tmp_path / "imgs.zip", "train")
+  unpacked = sources.FolderSource(tmp_path / "imgs", "train")
+  assert packed.classes == unpacked.classes == ["airplane", "bird"] and packed.labels == unpacked.labels
+  assert [packed[i]["image"] for i in range(6)] == [unpacked[i]["image"] for i in range(6)]
+  assert packed[0]["path"] == f"{tmp_path / 'imgs.zip'}/train/airplane/0000.jpg"
+  with pytest.raises(ValueError, match=r"^no images for split 'test' in .*imgs\.zip: expected test/<class>/<image>"):
+    sources.ZipImageSource(tmp_path / "imgs.zip", "test")
+  with pytest.raises(FileNotFoundError, match="rebuild it with python -m sslx.data.make_image_sample$"):
+    sources.ZipImageSource(tmp_path / "missing.zip", "train")
 
 
 def test_sample_av_is_sixteen_grid_clips_with_sound_in_four_command_classes():
@@ -108,10 +129,13 @@ def test_a_missing_folder_fails_in_one_line_naming_where_it_looked(tmp_path, mon
 
 def _copy_sample_images(root, per_class: int, classes=("airplane", "bird")):
   """``per_class`` real CIFAR-10 JPEGs of each class from the embedded sample, as root/<class>/."""
+  sample = sources.get_source("sample", "train")
   for name in classes:
     (root / name).mkdir(parents=True)
-    for path in sorted((sources.SAMPLE_DIR / "train" / name).iterdir())[:per_class]:
-      shutil.copy(path, root / name / path.name)
+    indices = [i for i, label in enumerate(sample.labels) if sample.classes[label] == name][:per_class]
+    for i in indices:
+      record = sample[i]
+      (root / name / record["path"].rsplit("/", 1)[1]).write_bytes(record["image"])
 
 
 def test_image_folders_without_splits_are_split_every_kth_image_per_class(tmp_path):
