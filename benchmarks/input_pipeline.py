@@ -8,7 +8,7 @@ For each config (default: rotation on the embedded sample, rotation on the real 
 and OPN on the egogestar clips of the data directory, common.DATA_DIR; a config whose data are
 absent is skipped with its reason), one run builds the trainer's own pieces:
 ``sources.from_config``, ``run.make_preprocess`` and ``run.make_train_iterator`` (grain,
-``config.data_threads`` threads, make_dataset's 256-example prefetch buffer: sslx-train's
+``config.data_threads`` threads, ``config.data.workers`` processes, make_dataset's prefetch: sslx-train's
 iterator, with no other prefetching), and the jitted step of benchmarks/common.py
 ``train_step``. Warm-up: two batches (clips: one epoch, timed as "cold"), compilation and 2
 untimed steps of the loop below. Then ``--rounds`` rounds, each timing in turn (rates in source
@@ -17,20 +17,21 @@ examples, images or clips, per second):
 1. consumed: ``--window`` steps of the jitted step on one fixed batch (images: common's
    ``real_batch``; clips: a batch the pipeline delivered), until the last is ready, with the
    pipeline idle (its buffer was refilled before, see 4);
-2. delivered: ``next(iterator)`` for ``--window`` batches with no step running, after draining
-   what the buffer held (ceil(256 / batch) untimed batches): the pipeline's own production,
+2. delivered: ``next(iterator)`` for ``--window`` batches (at least twice the drain below, which
+   the buffers partly refill while it runs) with no step running, after draining
+   what the buffers can hold (``pipeline.buffered_batches`` + 1 untimed batches): the pipeline's own production,
    batching included;
 3. the trainer's loop, ceil(``--steps`` / rounds) steps: ``next`` -> ``pipeline.to_global`` ->
    jitted step, one step in flight (the previous step's ``nonfinite`` read back, metric sums
    added on the device), as sslx.train's loop runs, less logging and checkpoints. It starts
    with the buffer drained by step 2, so that no buffered lead hides a pipeline slower than the
    step; when the pipeline is the faster this costs at most one batch's wait and the refill's
-   CPU time (256 / delivered s) per round. Input wait share ("in next() share") = time the loop
+   CPU time (buffer / delivered s) per round. Input wait share ("in next() share") = time the loop
    spends inside ``next`` / its wall time (until its last step is ready). With one step in
    flight that time overlaps the running step: the device idles only for the part of a
    ``next`` longer than a step, so the share is an upper bound on the device's input wait.
    On a CPU the pipeline's work also takes cores from the step, which loop / consumed shows;
-4. a sleep of 1.2 x 256 / the delivered rate, in which the buffer refills.
+4. a sleep of 1.2 x the buffers' examples / the delivered rate, in which they refill.
 
 Reported: the medians over the rounds, and the cold rate of the first epoch of clips (every
 clip decoded and its motion scored, filling the decoded-frame cache that later epochs read).
@@ -62,7 +63,6 @@ from sslx.data import pipeline, sources
 
 DEFAULT_CONFIGS = ("rotation_convnet_sample.py", "rotation_convnet_cifar10.py", "opn_convnet_egogestar.py")
 QUICK = (("rotation_convnet_sample.py", 8), ("opn_convnet_egogestar.py", 4))
-PREFETCH = 256  # make_dataset's prefetch_buffer_size, which sslx.train keeps.
 LOOP_WARMUP = 2
 
 
@@ -131,7 +131,9 @@ def measure(config, source, *, steps: int, rounds: int, window: int) -> dict:
   add_metrics = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
   state, _, _ = trainer_loop(step_fn, state, data_iter, mesh, key, LOOP_WARMUP, add_metrics)  # Compiles.
 
-  drain = math.ceil(PREFETCH / batch_size)
+  drain = pipeline.buffered_batches(batch_size, num_threads=config.data_threads,
+                                    workers=run.data_setting(config, "workers")) + 1
+  delivered_window = max(window, 2 * drain)  # The buffers refill during the drain: outlast that.
   per_round = math.ceil(steps / rounds)
   delivered, consumed, loop, wait_share = [], [], [], []
   before = data_iter.delivered
@@ -144,16 +146,16 @@ def measure(config, source, *, steps: int, rounds: int, window: int) -> dict:
     for _ in range(drain):
       next(data_iter)
     start = time.perf_counter()
-    for _ in range(window):
+    for _ in range(delivered_window):
       next(data_iter)
-    delivered.append(window * batch_size / (time.perf_counter() - start))
+    delivered.append(delivered_window * batch_size / (time.perf_counter() - start))
     # The loop starts drained, so that no buffered lead hides a pipeline slower than the step.
     state, wall, wait = trainer_loop(step_fn, state, data_iter, mesh, key, per_round, add_metrics)
     loop.append(per_round * batch_size / wall)
     wait_share.append(wait / wall)
-    time.sleep(min(1.2 * PREFETCH / delivered[-1], 30.0))  # Refill: the next step window runs alone.
+    time.sleep(min(1.2 * drain * batch_size / delivered[-1], 30.0))  # Refill: the next step window runs alone.
 
-  loop_examples = data_iter.delivered - before - rounds * (drain + window) * batch_size
+  loop_examples = data_iter.delivered - before - rounds * (drain + delivered_window) * batch_size
   assert loop_examples == rounds * per_round * batch_size, \
       f"the loop consumed {loop_examples} examples, not {rounds * per_round} x {batch_size}"
   steps_run = 1 + LOOP_WARMUP + rounds * (window + per_round)

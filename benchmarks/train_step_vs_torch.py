@@ -194,58 +194,67 @@ def torch_sgd(model):
                          lr=LEARNING_RATE, momentum=0.9, nesterov=True)
 
 
-def torch_update(model, optimizer, x, labels) -> float:
-  """One cross-entropy step; returns the loss (waits for the step)."""
+def torch_update(model, optimizer, x, labels, autocast=None) -> float:
+  """One cross-entropy step (the forward pass under ``torch.autocast`` to that dtype when given);
+  returns the loss (waits for the step)."""
+  import contextlib
+
+  import torch
   from torch import nn
-  loss = nn.functional.cross_entropy(model(x), labels)
+  with torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+    loss = nn.functional.cross_entropy(model(x), labels)
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
   optimizer.step()
   return loss.item()
 
 
-def torch_step(model_name: str, config, images: np.ndarray, *, channels_last: bool):
-  """The same step, hand-written in PyTorch; returns run_one_step."""
+def torch_step(model_name: str, config, images: np.ndarray, *, channels_last: bool, device: str = "cpu",
+               autocast=None):
+  """The same step, hand-written in PyTorch, on ``device`` (the uint8 batch is sent there once);
+  ``autocast``: a dtype for the forward pass (bfloat16 on a GPU). Returns run_one_step."""
   import torch
 
   if model_name in VIDEO_MODELS:
-    return torch_video_step(model_name, config, images, channels_last=channels_last)
+    return torch_video_step(model_name, config, images, channels_last=channels_last, device=device,
+                            autocast=autocast)
   model = torch_model(model_name, config)
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
-  model = model.to(memory_format=memory_format).train()
+  model = model.to(device, memory_format=memory_format).train()
   optimizer = torch_sgd(model)
-  mean = torch.tensor(config.normalize.mean).view(1, 3, 1, 1)
-  std = torch.tensor(config.normalize.std).view(1, 3, 1, 1)
-  batch = torch.from_numpy(images)  # uint8 NHWC, as sslx's host sends it.
-  labels = torch.arange(4).repeat_interleave(len(images))
+  mean = torch.tensor(config.normalize.mean, device=device).view(1, 3, 1, 1)
+  std = torch.tensor(config.normalize.std, device=device).view(1, 3, 1, 1)
+  batch = torch.from_numpy(images).to(device)  # uint8 NHWC, as sslx's host sends it.
+  labels = torch.arange(4, device=device).repeat_interleave(len(images))
 
   def run():
     x = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
     x = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
     x = x.contiguous(memory_format=memory_format)
-    return torch_update(model, optimizer, x, labels)
+    return torch_update(model, optimizer, x, labels, autocast)
 
   return run
 
 
-def torch_video_step(model_name: str, config, clips: np.ndarray, *, channels_last: bool):
+def torch_video_step(model_name: str, config, clips: np.ndarray, *, channels_last: bool, device: str = "cpu",
+                     autocast=None):
   """The arrow-of-time step in PyTorch: every other clip reversed in time, the twin backbone,
   cross-entropy on forward / backward, the same SGD; returns run_one_step."""
   import torch
 
   model = torch_video_model(model_name, config)
   memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-  model = model.to(memory_format=memory_format).train()
+  model = model.to(device, memory_format=memory_format).train()
   optimizer = torch_sgd(model)
-  mean = torch.tensor(config.normalize.mean).view(1, 3, 1, 1, 1)
-  std = torch.tensor(config.normalize.std).view(1, 3, 1, 1, 1)
-  batch = torch.from_numpy(clips)  # uint8 (B, T, H, W, 3), as sslx's host sends it.
-  labels = torch.arange(len(clips)) % 2  # sslx draws them; half reversed on average either way.
+  mean = torch.tensor(config.normalize.mean, device=device).view(1, 3, 1, 1, 1)
+  std = torch.tensor(config.normalize.std, device=device).view(1, 3, 1, 1, 1)
+  batch = torch.from_numpy(clips).to(device)  # uint8 (B, T, H, W, 3), as sslx's host sends it.
+  labels = torch.arange(len(clips), device=device) % 2  # sslx draws them; half reversed on average.
 
   def run():
     x = batch.permute(0, 4, 1, 2, 3).float().div_(255.0).sub_(mean).div_(std)
     x = torch.where(labels.view(-1, 1, 1, 1, 1) == 1, x.flip(2), x).contiguous(memory_format=memory_format)
-    return torch_update(model, optimizer, x, labels)
+    return torch_update(model, optimizer, x, labels, autocast)
 
   return run
 

@@ -38,7 +38,13 @@ def base() -> ml_collections.ConfigDict:
   c.resize_size = ml_collections.config_dict.placeholder(int)  # Shorter side before cropping.
   c.crop_padding = 4  # CIFAR-style pad-and-crop; 0 for a plain random crop.
   c.flip = True
-  c.data_threads = 2
+  c.data_threads = 2  # grain reader threads (per worker process when data.workers > 0).
+  # The host pipeline (sslx/data/pipeline.py). cache_mb: decoded, resized training images kept
+  # in memory per process (first epoch decodes, later ones copy; the same batches either way),
+  # 0 decodes every time; CIFAR-10's 50,000 take 147 MiB. workers: grain worker processes for
+  # image datasets whose decoding outruns data_threads (0: threads in this process); the same
+  # batches in the same order either way.
+  c.data = ml_collections.ConfigDict({"cache_mb": 1024, "workers": 0})
   c.normalize = ml_collections.ConfigDict(
       {"mean": image_ops.CIFAR10_MEAN, "std": image_ops.CIFAR10_STD})
 

@@ -141,7 +141,13 @@ def make_preprocess(config, source, *, train: bool, num_clips: int = 1):
                      f"start the config from configs.base_video()")
   return pipeline.Preprocess(image_size=config.image_size, resize_size=config.get("resize_size"),
                              crop_padding=config.crop_padding if train else 0,
-                             flip=config.flip and train, train=train)
+                             flip=config.flip and train, train=train,
+                             cache_mb=data_setting(config, "cache_mb") if train else 0)
+
+
+def data_setting(config, name: str):
+  """``config.data.<name>`` (cache_mb, workers), 0 in configs written before it existed."""
+  return (config.get("data") or {}).get(name, 0) or 0
 
 
 def jit_once(fn, **jit_kwargs):
@@ -352,7 +358,7 @@ def make_train_iterator(config, source, preprocess, pretext, pretext_state, *, e
                                   seed=config.seed + epoch, train=True,
                                   num_examples=config.get("train_examples"),
                                   process_index=jax.process_index(), process_count=jax.process_count(),
-                                  num_threads=config.data_threads,
+                                  num_threads=config.data_threads, workers=data_setting(config, "workers"),
                                   indices=None if indices is None else np.asarray(indices))
   return iter(dataset)
 
@@ -375,6 +381,12 @@ def check_config(config, mesh):
                      f"or 'skip' (drop the update and count it)")
   if config.total_steps < 1:
     raise ValueError(f"total_steps is {config.total_steps}: set --config.total_steps to 1 or more")
+  workers, cache_mb = data_setting(config, "workers"), data_setting(config, "cache_mb")
+  if workers < 0 or cache_mb < 0:
+    raise ValueError(f"data.workers={workers}, data.cache_mb={cache_mb}: both must be 0 or more")
+  if workers and media_key(config) == "video":
+    raise ValueError(f"data.workers={workers}: worker processes run image preprocessing only for now "
+                     f"(clips have video.cache_mb and data_threads): set data.workers=0")
 
 
 def skipped_counts(preprocess) -> dict:

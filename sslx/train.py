@@ -59,7 +59,9 @@ def header(config, workdir, *, latest, mesh, num_examples, pretext, param_count,
   backbone = config.model.name + (f" x{config.model.width}" if config.model.get("width") else "")
   lines = [f"sslx-train: {workdir} ({start})",
            f"  devices     {mesh.devices.size} {jax.default_backend()} device(s), {jax.process_count()} process(es)",
-           f"  data        {config.dataset} split {config.train_split!r}: {num_examples} {run.media_key(config)}s",
+           f"  data        {config.dataset} split {config.train_split!r}: {num_examples} {run.media_key(config)}s"
+           + (f" (decoded-image cache {run.data_setting(config, 'cache_mb'):g} MiB, "
+              f"{run.data_setting(config, 'workers')} worker processes)" if run.media_key(config) == "image" else ""),
            f"  pretext     {pretext.name}{' (stateful)' if pretext.stateful else ''}",
            f"  model       {backbone} backbone and the pretext's head: {param_count:,} parameters",
            f"  schedule    {config.total_steps} steps of {config.batch_size} ({config.optimizer.name}, "
@@ -214,6 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
         state = run.refresh_pretext_state(config, pretext, state, source, state_sharding=state_sharding,
                                           step=step, collect_fn=collect_fn, fresh_params_fn=fresh_params)
         if pretext.state.epoch_indices is not None:
+          data_iter.close()  # Stops its worker processes, if any.
           data_iter = run.make_train_iterator(config, source, preprocess, pretext, state.pretext_state,
                                               epoch=run.epoch_of(pretext, config, step, num_examples))
         summary = {k: float(v) for k, v in jax.device_get(state.pretext_state).items()
@@ -280,6 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None 
     # Also on a crash: finish the checkpoint being written, so the last good one
     # is complete; an unfinished one stays a tmp dir that restore never picks.
     manager.wait_until_finished()
+    data_iter.close()
     watchdog.close()
     preemption.close()
     progress.close()

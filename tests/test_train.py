@@ -107,6 +107,26 @@ def test_bad_config_values_fail_clearly(tmp_path):
     train.train(config, str(tmp_path / "b"))
 
 
+def test_cache_and_worker_processes_train_to_the_same_state(tmp_path):
+  """data.cache_mb and data.workers change how batches are made, not which: 3 steps with a cache
+  and 2 worker processes end in the same state, bit for bit, as with neither."""
+  config = tiny_config()
+  config.total_steps, config.checkpoint_every = 3, 3
+  config.data.cache_mb, config.data.workers = 0, 0
+  plain, _ = train.train(config, str(tmp_path / "plain"))
+  config.data.cache_mb, config.data.workers = 64, 2
+  fast, _ = train.train(config, str(tmp_path / "fast"))
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(fast.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_worker_processes_for_clips_fail_before_compiling(tmp_path):
+  config = tiny_config("opn_convnet_egogestar.py")
+  config.data.workers = 2
+  with pytest.raises(ValueError, match=r"^data.workers=2: worker processes run image preprocessing only for now"):
+    train.train(config, str(tmp_path))
+
+
 def test_schedules():
   config = tiny_config().optimizer
   config.learning_rate, config.warmup_steps = 1.0, 10

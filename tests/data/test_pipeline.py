@@ -210,6 +210,23 @@ def test_host_ops():
   np.testing.assert_allclose(normalized, 1.0)
 
 
+@pytest.mark.parametrize("shape,size,padding", [((32, 32, 3), 32, 4), ((20, 26, 3), 24, 2), ((5, 7), 12, 4),
+                                                ((40, 30, 3), 24, 0)])
+def test_random_crop_equals_cropping_the_zero_padded_image(shape, size, padding):
+  """The same pixels and the same draws as padding with np.pad, then cropping; every offset."""
+  image = np.random.default_rng(1).integers(1, 256, shape, dtype=np.uint8)
+  padded = np.pad(image, ((padding, padding), (padding, padding)) + ((0, 0),) * (image.ndim - 2))
+  offsets = set()
+  for seed in range(1000):
+    got = image_ops.random_crop(image, size, np.random.default_rng(seed), padding=padding)
+    check = np.random.default_rng(seed)
+    top = check.integers(0, padded.shape[0] - size + 1)
+    left = check.integers(0, padded.shape[1] - size + 1)
+    np.testing.assert_array_equal(got, padded[top:top + size, left:left + size])
+    offsets.add((top, left))
+  assert len(offsets) == (padded.shape[0] - size + 1) * (padded.shape[1] - size + 1)
+
+
 def test_pad_batch_marks_padding():
   batch = {"image": np.ones((3, 2, 2, 3), np.uint8), "label": np.arange(3)}
   padded = pipeline.pad_batch(batch, 8)
@@ -229,3 +246,139 @@ def test_preprocess_output_size(size):
   pre = pipeline.Preprocess(image_size=size, crop_padding=2, flip=True, train=True)
   out = pre({"image": np.zeros((40, 50, 3), np.uint8), "label": 3}, np.random.default_rng(0))
   assert out["image"].shape == (size, size, 3) and out["label"] == 3
+
+
+def _folder_with_broken_files(tmp_path, per_class=10):
+  """Real CIFAR-10 JPEGs of the sample in two classes of a train folder, plus two unreadable
+  files and one image smaller than the crop."""
+  sample = sources.get_source("sample", "train")
+  for name in ("airplane", "bird"):
+    folder = tmp_path / "train" / name
+    folder.mkdir(parents=True)
+    for i in [i for i, label in enumerate(sample.labels) if sample.classes[label] == name][:per_class]:
+      record = sample[i]
+      (folder / record["path"].rsplit("/", 1)[1]).write_bytes(record["image"])
+  (tmp_path / "train" / "bird" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  (tmp_path / "train" / "airplane" / "empty.png").write_bytes(b"")
+  Image.fromarray(np.full((20, 24, 3), 99, np.uint8)).save(tmp_path / "train" / "bird" / "small.png")
+  return sources.get_source(f"folder:{tmp_path}", "train")
+
+
+def _train_batches(source, pre, steps, **kwargs):
+  it = iter(pipeline.make_dataset(source, pre, batch_size=8, seed=3, train=True, **kwargs))
+  batches = [next(it) for _ in range(steps)]
+  return batches, it
+
+
+@pytest.mark.parametrize("cache_mb", [100, 0.02])  # All of it; a budget spent after a few images.
+def test_the_decoded_image_cache_gives_the_same_batches_and_counts(tmp_path, cache_mb):
+  """Three epochs with the cache: the same images, labels and counters as without it; the
+  cache holds the resized images within its budget and an unreadable file stays skipped."""
+  source = _folder_with_broken_files(tmp_path)
+  make = lambda mb: pipeline.Preprocess(image_size=24, crop_padding=2, flip=True, train=True, cache_mb=mb)  # noqa: E731
+  plain, cached = make(0), make(cache_mb)
+  want, _ = _train_batches(source, plain, steps=9)  # 69 readable examples a 23-file epoch x 3.
+  got, _ = _train_batches(source, cached, steps=9)
+  for a, b in zip(want, got):
+    for key in ("image", "label", "index"):
+      np.testing.assert_array_equal(a[key], b[key])
+  # The distinct files; the visit counts depend on how far grain's threads have read ahead.
+  assert (cached.skipped_files, cached.upscaled_files) == (plain.skipped_files, plain.upscaled_files)
+  assert min(plain.skipped, cached.skipped) >= 6 and len(plain.skipped_files) == 2 and len(plain.upscaled_files) == 1
+  assert plain.cached_bytes == 0 and 0 < cached.cached_bytes <= cached.cache_bytes
+  if cache_mb == 100:
+    assert len(cached._cache) == len(source)  # Every file, the two unreadable ones as their reason.
+  else:
+    assert cached._cache_full and len(cached._cache) < len(source)
+
+
+def test_a_cached_example_is_not_read_from_the_source_again(tmp_path):
+  """Over three epochs each file is read once (one reader thread, so no read races its own
+  caching): later visits take the record from the cache."""
+  folder = _folder_with_broken_files(tmp_path)
+  reads = []
+
+  class Counting:
+    def __len__(self):
+      return len(folder)
+
+    def __getitem__(self, i):
+      reads.append(i)
+      return folder[i]
+
+  pre = pipeline.Preprocess(image_size=24, train=True, cache_mb=100)
+  _train_batches(Counting(), pre, steps=9, num_threads=1, prefetch=8)
+  assert sorted(reads) == list(range(len(folder)))
+
+
+def test_a_negative_cache_budget_fails_in_one_line():
+  with pytest.raises(ValueError, match=r"^data.cache_mb is -1: set it to 0 \(no cache\) or a budget in MiB$"):
+    pipeline.Preprocess(image_size=8, cache_mb=-1)
+
+
+def test_worker_processes_give_the_same_batches_counts_and_resume(tmp_path):
+  """grain worker processes (2) against threads only: the same batches in the same order, the
+  same skipped and upscaled counts in this process, and the iterator's state resumes exactly."""
+  source = _folder_with_broken_files(tmp_path)
+  make = lambda: pipeline.Preprocess(image_size=24, crop_padding=2, flip=True, train=True, cache_mb=10)  # noqa: E731
+  threads, processes = make(), make()
+  want, _ = _train_batches(source, threads, steps=7)
+  got, it = _train_batches(source, processes, steps=4, workers=2)
+  state = it.get_state()
+  got += [next(it) for _ in range(3)]
+  it.close()
+  for a, b in zip(want, got):
+    for key in ("image", "label", "index"):
+      np.testing.assert_array_equal(a[key], b[key])
+  assert processes.skipped_files == threads.skipped_files and processes.upscaled_files == threads.upscaled_files
+  assert len(processes.skipped_files) == 2 and len(processes.upscaled_files) == 1
+  resumed = iter(pipeline.make_dataset(source, make(), batch_size=8, seed=3, train=True, workers=2))
+  resumed.set_state(state)
+  for want_batch in want[4:]:
+    np.testing.assert_array_equal(next(resumed)["image"], want_batch["image"])
+  resumed.close()
+
+
+def test_workers_for_clips_or_below_zero_fail_in_one_line():
+  from sslx.data import video
+  with pytest.raises(ValueError, match=r"^data.workers is -1: set it to 0"):
+    pipeline.make_dataset(IndexSource(4), pipeline.Preprocess(image_size=4), batch_size=2, seed=0,
+                          train=True, workers=-1)
+  clips = video.VideoPreprocess.__new__(video.VideoPreprocess)
+  with pytest.raises(ValueError, match=r"^data.workers=2: worker processes run image preprocessing only for now, "
+                                       r"this dataset's is VideoPreprocess: set data.workers=0$"):
+    pipeline.make_dataset(IndexSource(4), clips, batch_size=2, seed=0, train=True, workers=2)
+
+
+def test_a_position_saved_per_example_by_an_older_sslx_resumes_on_batch_boundaries():
+  """Checkpoints written before batches were grain's elements hold {"next_index": examples
+  drawn}: on a batch boundary that is the same batch; elsewhere the restore fails in one line."""
+  pre = pipeline.Preprocess(image_size=4, train=True)
+  ds = pipeline.make_dataset(IndexSource(37), pre, batch_size=8, seed=2, train=True)
+  it = iter(ds)
+  want = [next(it)["index"] for _ in range(4)]
+  old = iter(ds)
+  old.set_state({"next_index": 16})  # Two batches of 8 drawn.
+  np.testing.assert_array_equal(next(old)["index"], want[2])
+  assert iter(ds).get_state() == {"batches": {"next_index": 0}}
+  with pytest.raises(ValueError, match=r"^the checkpoint's data position \{'next_index': 13\} is not one this "
+                                       r"sslx can resume .*train in a new --workdir$"):
+    iter(ds).set_state({"next_index": 13})
+
+
+def test_an_unreadable_training_example_is_replaced_by_the_next_of_the_epoch(tmp_path):
+  """The row keeps its place: the next example of the epoch's order fills it, so the other rows
+  of the batch, and every later batch, are those of the stream without that file."""
+  source = _folder_with_broken_files(tmp_path)
+  pre = pipeline.Preprocess(image_size=24, train=True)
+  batches, it = _train_batches(source, pre, steps=3)
+  it.close()
+  broken = pre.skipped_files
+  order = np.random.default_rng([3, 0]).permutation(len(source))  # Epoch 0's order, seed 3.
+  rows = np.concatenate([b["index"] for b in batches])[:len(source)]
+  for offset, index in enumerate(order):
+    if index in broken:  # Its row took the next usable example of the order.
+      following = [i for i in order[offset + 1:] if i not in broken]
+      assert rows[offset] == following[0]
+    else:
+      assert rows[offset] == index
