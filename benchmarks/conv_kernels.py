@@ -1,12 +1,15 @@
 """Each convolution pass of ResNet-18's 3x3 layers, per kernel choice, side by side with PyTorch.
 
     python benchmarks/conv_kernels.py [--batch_size 256] [--repeats 3] [--layers all]
+    python benchmarks/conv_kernels.py --r3d [--batch_size 2]   # R3D-18's 3D layers, 16 x 112 x 112 clips.
 
-For every layer shape (CIFAR ResNet-18 at 32 x 32: the stem, then 64 -> 512 channels) it times the
+For every layer shape (CIFAR ResNet-18 at 32 x 32: the stem, then 64 -> 512 channels; with
+``--r3d`` R3D-18's on a 16 x 112 x 112 clip: the 3 x 7 x 7 stem, then 3 x 3 x 3 layers) it times the
 forward convolution, the input gradient and the weight gradient of sslx's convolution kernel
 choices (model.conv_kernels, sslx/models/conv.py): "xla" (XLA's own convolutions), "taps" (XLA's
 forward and input gradient, the weight gradient as per-tap matmuls) and "onednn" (all three
-through oneDNN's custom call), and PyTorch's channels-last `conv2d` and its two gradients where
+through oneDNN's custom call), and PyTorch's channels-last `conv2d` (`conv3d`, channels-last-3d)
+and its two gradients where
 PyTorch is installed (pip install torch==2.13.0). Each pass of each kernel is jitted alone,
 warmed up, then timed round-robin (every kernel once per round) so that the machine's drift hits
 all alike; medians, as GFLOP/s, each layer's row printed as soon as it is measured. The last columns are each sslx kernel's largest error against
@@ -27,15 +30,23 @@ import numpy as np
 
 from sslx.models import conv, onednn
 
-# (name, spatial size, input channels, output channels, stride), 3x3 kernels, SAME padding.
-LAYERS = [("stem", 32, 3, 64, 1), ("block1", 32, 64, 64, 1), ("block2_down", 32, 64, 128, 2),
-          ("block2", 16, 128, 128, 1), ("block3", 8, 256, 256, 1), ("block4", 4, 512, 512, 1)]
+# (name, input spatial size, input channels, output channels, strides, kernel size), SAME padding.
+LAYERS = [("stem", (32, 32), 3, 64, (1, 1), (3, 3)), ("block1", (32, 32), 64, 64, (1, 1), (3, 3)),
+          ("block2_down", (32, 32), 64, 128, (2, 2), (3, 3)), ("block2", (16, 16), 128, 128, (1, 1), (3, 3)),
+          ("block3", (8, 8), 256, 256, (1, 1), (3, 3)), ("block4", (4, 4), 512, 512, (1, 1), (3, 3))]
+# R3D-18 (sslx/models/r3d.py, width 1) on a 16 x 112 x 112 clip.
+LAYERS_3D = [("stem", (16, 112, 112), 3, 64, (1, 2, 2), (3, 7, 7)),
+             ("block1", (16, 56, 56), 64, 64, (1, 1, 1), (3, 3, 3)),
+             ("block2_down", (16, 56, 56), 64, 128, (2, 2, 2), (3, 3, 3)),
+             ("block2", (8, 28, 28), 128, 128, (1, 1, 1), (3, 3, 3)),
+             ("block3", (4, 14, 14), 256, 256, (1, 1, 1), (3, 3, 3)),
+             ("block4", (2, 7, 7), 512, 512, (1, 1, 1), (3, 3, 3))]
 PASSES = ("forward", "input_grad", "weight_grad")
 
 
 def sslx_passes(kernels: str, x, kernel, strides):
   """Jitted (forward, input gradient, weight gradient) of ``conv.Conv``'s path for ``kernels``."""
-  padding = (conv.same_padding(x.shape[1], 3, strides[0]), conv.same_padding(x.shape[2], 3, strides[1]))
+  padding = tuple(conv.same_padding(n, k, s) for n, k, s in zip(x.shape[1:-1], kernel.shape[:-2], strides))
   f = {"xla": lambda x_, k_: conv._conv(x_, k_, strides, padding),
        "taps": lambda x_, k_: conv.tap_conv(x_, k_, strides, padding),
        "onednn": lambda x_, k_: onednn.conv(x_, k_, strides, padding)}[kernels]
@@ -50,17 +61,23 @@ def sslx_passes(kernels: str, x, kernel, strides):
 
 def torch_passes(x, kernel, g, strides):
   import torch
-  xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-  wt = torch.from_numpy(np.array(kernel)).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-  gt = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+  three_d = x.ndim == 5
+  layout = torch.channels_last_3d if three_d else torch.channels_last
+  to_torch = lambda a, order: torch.from_numpy(np.array(a)).permute(*order).contiguous(memory_format=layout)  # noqa: E731
+  activations = (0, 4, 1, 2, 3) if three_d else (0, 3, 1, 2)
+  xt, gt = to_torch(x, activations), to_torch(g, activations)
+  wt = to_torch(kernel, (4, 3, 0, 1, 2) if three_d else (3, 2, 0, 1))
   # PyTorch pads symmetrically: at stride 2 one row more than SAME, the same output size and FLOPs
   # (only timed, not compared).
-  pad = 1
+  pad = tuple(k // 2 for k in kernel.shape[:-2])
+  conv_fn = torch.nn.functional.conv3d if three_d else torch.nn.functional.conv2d
   grad = torch.nn.grad
+  input_grad = grad.conv3d_input if three_d else grad.conv2d_input
+  weight_grad = grad.conv3d_weight if three_d else grad.conv2d_weight
   with torch.no_grad():
-    return {"forward": lambda: torch.nn.functional.conv2d(xt, wt, stride=strides, padding=pad),
-            "input_grad": lambda: grad.conv2d_input(xt.shape, wt, gt, stride=strides, padding=pad),
-            "weight_grad": lambda: grad.conv2d_weight(xt, wt.shape, gt, stride=strides, padding=pad)}
+    return {"forward": lambda: conv_fn(xt, wt, stride=strides, padding=pad),
+            "input_grad": lambda: input_grad(xt.shape, wt, gt, stride=strides, padding=pad),
+            "weight_grad": lambda: weight_grad(xt, wt.shape, gt, stride=strides, padding=pad)}
 
 
 def block(result):
@@ -68,17 +85,26 @@ def block(result):
 
 
 def measure(layer, batch_size: int, repeats: int, kernels: list[str], use_torch: bool) -> dict:
-  name, size, cin, cout, stride = layer
+  name, size, cin, cout, strides, kernel_size = layer
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((batch_size, size, size, cin)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((batch_size, *size, cin)), jnp.float32)
+  taps = int(np.prod(kernel_size))
+  kernel = jnp.asarray(rng.standard_normal((*kernel_size, cin, cout)) / np.sqrt(taps * cin), jnp.float32)
   runners, g = {}, None
   for k in kernels:
-    runners[k], g = sslx_passes(k, x, kernel, (stride, stride))
+    runners[k], g = sslx_passes(k, x, kernel, strides)
   if use_torch:
-    runners["torch"] = torch_passes(x, kernel, g, (stride, stride))
-  flops = 2 * batch_size * (size // stride) ** 2 * cin * cout * 9
-  row = {"layer": name, "shape": f"{size}x{size}, {cin}->{cout}" + (f" /{stride}" if stride > 1 else "")}
+    runners["torch"] = torch_passes(x, kernel, g, strides)
+  outputs_per_example = int(np.prod([-(-n // s) for n, s in zip(size, strides)]))
+  flops = 2 * batch_size * outputs_per_example * cin * cout * taps
+  if max(strides) == 1:
+    stride_note = ""
+  elif len(set(strides)) == 1:
+    stride_note = f" /{strides[0]}"
+  else:
+    stride_note = " /" + "x".join(map(str, strides))
+  kernel_note = "" if kernel_size == (3,) * len(size) else f", {'x'.join(map(str, kernel_size))} kernel"
+  row = {"layer": name, "shape": f"{'x'.join(map(str, size))}, {cin}->{cout}{stride_note}{kernel_note}"}
   outputs = {k: {p: np.asarray(block(run())) for p, run in runs.items()} for k, runs in runners.items()
              if k != "torch"}  # The first calls also warm up (compile, primitive creation).
   if use_torch:
@@ -121,6 +147,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--layers", default="all", help=f"Comma-separated of {[l[0] for l in LAYERS]}, or all.")
   parser.add_argument("--kernels", default="xla,taps,onednn", help="sslx kernel choices to time.")
   parser.add_argument("--no_torch", action="store_true", help="Skip PyTorch even where installed.")
+  parser.add_argument("--r3d", action="store_true", help="R3D-18's 3D layers on a 16 x 112 x 112 clip instead.")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   kernels = [k for k in args.kernels.split(",") if k]
   unknown = sorted(set(kernels) - (set(conv.KERNELS) - {"auto"}))
@@ -130,9 +157,10 @@ def main(argv=None) -> list[dict]:
   why = onednn.prepare() if "onednn" in kernels else None
   if why:
     raise SystemExit(f"--kernels onednn: {why}; or leave onednn out of --kernels")
-  layers = LAYERS if args.layers == "all" else [l for l in LAYERS if l[0] in args.layers.split(",")]
+  table = LAYERS_3D if args.r3d else LAYERS
+  layers = table if args.layers == "all" else [l for l in table if l[0] in args.layers.split(",")]
   if not layers:
-    raise SystemExit(f"no --layers matched: use some of {[l[0] for l in LAYERS]}")
+    raise SystemExit(f"no --layers matched: use some of {[l[0] for l in table]}")
   use_torch = False
   if not args.no_torch:
     try:

@@ -13,9 +13,9 @@ to 256, random crop 224, flip). Upscaled 32 px images hold less detail than phot
 their files are smaller (bytes per image are printed) and decode somewhat faster than real
 ImageNet JPEGs of the same size.
 
-Measured, per size:
-- the decode limit: ``image_ops.decode`` of every file's bytes (already in memory) in one
-  thread, images/s per core; the limit of C cores is C times that (C = os.cpu_count());
+Measured, per size, in each round one after the other:
+- the decode limit: ``image_ops.decode`` of the files' bytes (already in memory) in one
+  thread for 1.5 s, images/s per core; the limit of C cores is C times that (C = os.cpu_count());
 - for each ``--workers`` count (0: grain's reader threads in this process) without and with the
   decoded-image cache (``data.cache_mb``): the images/s that ``pipeline.make_dataset`` delivers
   with no consumer, the trainer's own pipeline (``data_threads`` 2 reader threads per process,
@@ -93,17 +93,22 @@ def make_large_files(source, folder: pathlib.Path):
   return sources.get_source(f"folder:{folder}", "train")
 
 
-def decode_rate(source, min_seconds: float = 2.0) -> tuple[float, float]:
-  """(images/s of one thread decoding the files' bytes, mean bytes per file)."""
-  data = [source[i]["image"] for i in range(len(source))]
-  decoded, start = 0, time.perf_counter()
-  while True:
-    for blob in data:
-      image_ops.decode(blob)
-    decoded += len(data)
-    elapsed = time.perf_counter() - start
-    if elapsed >= min_seconds:
-      return decoded / elapsed, float(np.mean([len(b) for b in data]))
+class DecodeRate:
+  """One thread decoding the files' bytes (already in memory): images/s per core, timed in each
+  round beside the pipelines, so that the machine's drift hits the limit and them alike."""
+
+  def __init__(self, source):
+    self.data = [source[i]["image"] for i in range(len(source))]
+    self.file_bytes = float(np.mean([len(b) for b in self.data]))
+    self.rates = []
+
+  def measure(self, min_seconds: float = 1.5):
+    decoded, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+      for blob in self.data[decoded % len(self.data):][:64]:
+        image_ops.decode(blob)
+      decoded += min(64, len(self.data) - decoded % len(self.data))
+    self.rates.append(decoded / (time.perf_counter() - start))
 
 
 class Variant:
@@ -149,21 +154,22 @@ def run_size(size: int, count: int, workers_list, rounds: int, window: int, fold
   source = cifar_source(count)
   if size > 32:
     source = make_large_files(source, folder / f"large{size}")
-  per_core, file_bytes = decode_rate(source)
+  decode = DecodeRate(source)
   cores = os.cpu_count() or 1
-  print(f"{size} px: {len(source)} files of {file_bytes / 1e3:.1f} kB, decode {per_core:.0f} img/s per core",
-        file=sys.stderr, flush=True)
+  print(f"{size} px: {len(source)} files of {decode.file_bytes / 1e3:.1f} kB", file=sys.stderr, flush=True)
   variants = [Variant(source, size, w, cache) for w in workers_list for cache in (False, True)]
   try:
     for r in range(rounds):
+      decode.measure(0.5 if quick else 1.5)
       for v in variants:
         v.measure(window, factor=1 if quick else 3)
-      print(f"  round {r + 1}: " + ", ".join(f"w{v.workers}{'+cache' if v.cache else ''} {v.rates[-1]:.0f}"
-                                            for v in variants), file=sys.stderr, flush=True)
+      print(f"  round {r + 1}: decode {decode.rates[-1]:.0f}/core, " + ", ".join(
+          f"w{v.workers}{'+cache' if v.cache else ''} {v.rates[-1]:.0f}" for v in variants), file=sys.stderr, flush=True)
   finally:
     for v in variants:
       v.close()
-  return [{"size": size, "files": len(source), "file_kb": file_bytes / 1e3, "decode_per_core": per_core,
+  per_core = statistics.median(decode.rates)
+  return [{"size": size, "files": len(source), "file_kb": decode.file_bytes / 1e3, "decode_per_core": per_core,
            "cores": cores, "workers": v.workers, "cache": v.cache, "batch": v.batch,
            "delivered": statistics.median(v.rates), "spread": (min(v.rates), max(v.rates))} for v in variants]
 
