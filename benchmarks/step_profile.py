@@ -30,7 +30,8 @@ import jax  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # For common.py.
 import common  # noqa: E402
-from sslx import configs  # noqa: E402
+import numpy as np  # noqa: E402
+from sslx import configs, run  # noqa: E402
 from sslx.data import pipeline  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +53,13 @@ def profile(config, batch_size: int):
   events that are instructions of the compiled step (not executor waits, Python frames...)."""
   config.batch_size = batch_size
   step, state, _, mesh = common.train_step(config)
-  batch = pipeline.to_global(common.real_batch(batch_size, config.image_size), mesh)
+  if run.media_key(config) == "video":  # Clips of real images, as the 3D train-step benchmark feeds.
+    import train_step_vs_torch
+    clips = train_step_vs_torch.real_clips(batch_size, (config.video.num_frames, config.image_size, config.image_size))
+    batch = {"video": clips, "index": np.arange(batch_size, dtype=np.int32)}
+  else:
+    batch = common.real_batch(batch_size, config.image_size)
+  batch = pipeline.to_global(batch, mesh)
   for _ in range(2):
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)

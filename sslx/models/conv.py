@@ -51,6 +51,26 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+def taps_touching_data(kernel, sizes, strides):
+  """(the kernel's taps that can reach the map, SAME padding for them): on an axis of stride 1
+  whose map is smaller than the kernel (the last R3D stages of an 8-frame clip hold 1 or 2
+  frames), taps that only ever see padding add zeros and are cut; the output is unchanged and
+  their gradient is zero either way. A map of 1 leaves the centre tap: a 3x3x3 convolution on
+  one frame is a 3x3 one. Other axes keep the whole kernel and SAME's padding."""
+  padding = []
+  for axis, (size, stride) in enumerate(zip(sizes, strides)):
+    k = kernel.shape[axis]
+    low, high = same_padding(size, k, stride)
+    if size < k and stride == 1:
+      # Output o reads input o + t - low: tap t reaches data for some o in [0, size) iff
+      # low - size < t < low + size.
+      start, stop = max(0, low - size + 1), min(k, low + size)
+      kernel = lax.slice_in_dim(kernel, start, stop, axis=axis)
+      low, high = low - start, stop - 1 - low
+    padding.append((low, high))
+  return kernel, tuple(padding)
+
+
 def _conv(x, kernel, strides, padding):
   return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DIMENSIONS[x.ndim - 2])
 
@@ -192,7 +212,7 @@ class Conv(nn.Module):
   ``nn.Conv`` (``kernel``, HWIO / DHWIO)."""
   features: int
   kernel_size: tuple[int, ...]
-  strides: tuple[int, ...] = (1, 1)
+  strides: tuple[int, ...] | None = None  # None: 1 on every axis.
   kernels: str = "auto"
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -202,17 +222,22 @@ class Conv(nn.Module):
     window = tuple(self.kernel_size)
     kernel = self.param("kernel", self.kernel_init, (*window, x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    strides = tuple(self.strides)
+    strides = tuple(self.strides) if self.strides is not None else (1,) * len(window)
+    if len(strides) != len(window) or x.ndim != len(window) + 2:
+      raise ValueError(f"Conv with a {len(window)}D kernel {window} got strides {strides} and input "
+                       f"{x.shape}: give one stride per kernel axis and (N, *spatial, C) input")
     kernels = resolve_kernels(self.kernels, self.dtype)
-    if kernels == "onednn" and any(size < k for size, k in zip(x.shape[1:-1], window)):
+    sizes = x.shape[1:-1]
+    if kernels == "onednn":
+      used, padding = taps_touching_data(kernel, sizes, strides)
+      if all(size >= k for size, k in zip(sizes, used.shape[:-2])):
+        return onednn.conv(x, used, strides, padding)
       # oneDNN 2023.2 corrupts the heap on maps smaller than the kernel (a 3x3 kernel on a 2x1 or
       # 2x2 map, found on SyncNet's MFCC tower; tests/models/test_conv.py): XLA's kernel there.
       kernels = "xla"
     if kernels == "xla":
       return _conv(x, kernel, strides, "SAME")
-    padding = tuple(same_padding(size, k, s) for size, k, s in zip(x.shape[1:-1], window, strides))
-    if kernels == "onednn":
-      return onednn.conv(x, kernel, strides, padding)
+    padding = tuple(same_padding(size, k, s) for size, k, s in zip(sizes, window, strides))
     return tap_conv(x, kernel, strides, padding)
 
 

@@ -258,3 +258,29 @@ def test_maps_smaller_than_the_kernel_go_to_xla_not_onednn():
     assert (onednn.TARGET in hlo) == uses_onednn, shape
     np.testing.assert_allclose(layer.apply(variables, x), _reference(x, variables["params"]["kernel"], (1, 1)),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, window", [((4, 1, 5, 3), (3, 3)), ((2, 1, 4, 4, 3), (3, 3, 3)),
+                                           ((2, 2, 1, 1, 3), (3, 3, 3)), ((3, 6, 1, 2), (5, 5))])
+def test_taps_that_only_see_padding_are_cut_so_one_frame_maps_run_on_onednn(shape, window):
+  """A map of 1 (an 8-frame clip's last R3D stage) on a 3-tap axis: only the centre tap reaches
+  data, so oneDNN gets the cut kernel; the output and both gradients equal XLA's full
+  convolution. Axes that stay smaller than their cut kernel (2 frames, 3 taps) still go to XLA."""
+  _require_onednn()
+  layer = conv.Conv(8, window, kernels="onednn")
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  variables = layer.init(jax.random.PRNGKey(0), x)
+  kernel = variables["params"]["kernel"]
+  hlo = jax.jit(lambda v, x_: layer.apply(v, x_)).lower(variables, x).as_text()
+  assert (onednn.TARGET in hlo) == (shape[1] != 2), shape
+  g = jax.random.normal(jax.random.PRNGKey(2), layer.apply(variables, x).shape)
+  ours = jax.value_and_grad(lambda k_, x_: jnp.sum(layer.apply({"params": {"kernel": k_}}, x_) * g),
+                            argnums=(0, 1))(kernel, x)
+  theirs = jax.value_and_grad(lambda k_, x_: jnp.sum(_reference(x_, k_, (1,) * len(window)) * g),
+                              argnums=(0, 1))(kernel, x)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  used, padding = conv.taps_touching_data(kernel, shape[1:-1], (1,) * len(window))
+  if shape == (4, 1, 5, 3):
+    assert used.shape == (1, 3, 3, 8) and padding == ((0, 0), (1, 1))
+    np.testing.assert_array_equal(used[0], kernel[1])
