@@ -338,8 +338,8 @@ def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, 
 
   ``workers`` > 0 runs the reading and preprocessing in that many grain worker processes
   (each with ``num_threads`` reader threads), for sources whose decoding outruns the threads
-  of one Python process. Worker w produces elements w, w + workers, ... of the same stream and
-  grain hands them out in turn, so the order, the augmentation and the batches are those of
+  of one Python process. Worker w makes batches w, w + workers, ... of the same stream (in
+  evaluation, examples) and grain hands them out in turn, so the order, the augmentation and the batches are those of
   ``workers=0`` (tested), and the iterator's state still restores exactly. Skipped and
   upscaled files are counted in this process, from what the workers report with each element.
   """
@@ -348,15 +348,15 @@ def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, 
   if workers and not hasattr(preprocess, "process"):
     raise ValueError(f"data.workers={workers}: worker processes run image preprocessing only for now, "
                      f"this dataset's is {type(preprocess).__name__}: set data.workers=0")
-  # The work returns (output, events to count): in worker processes, the preprocessing's copy
-  # does it (with its own cache) and this process counts what it reports.
-  worker = preprocess.worker_copy(workers) if workers else preprocess
-  work = worker.process if hasattr(worker, "process") else preprocess
   if num_examples is not None and not 0 < num_examples <= len(source):
     raise ValueError(f"num_examples {num_examples} is outside 1..{len(source)} (the source's size): "
                      f"lower --config.train_examples or use a larger dataset")
-  counted = hasattr(preprocess, "process")  # Else (clips) the preprocessing counts as it goes.
-  work = work if counted else _uncounted(work)
+  # The work returns (output, events to count): in worker processes, the preprocessing's copy
+  # does it (with its own cache) and this process counts what it reports. Clips' preprocessing
+  # counts as it goes (threads only).
+  counted = hasattr(preprocess, "process")
+  worker = preprocess.worker_copy(workers) if workers else preprocess
+  work = worker.process if counted else _uncounted(preprocess)
   if not train:
     ds = grain.MapDataset.source(_Indexed(source))
     if num_examples is not None:
