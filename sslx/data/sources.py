@@ -1,7 +1,7 @@
 """Random-access image sources chosen by one string, the config's ``dataset``.
 
 - ``sample``: 2,000 train + 1,000 test CIFAR-10 images shipped in the package
-  (sslx/data/sample/cifar10.zip, one uncompressed archive of the JPEG files), so the
+  (sslx/data/sample/<class>.zip, uncompressed archives of the JPEG files), so the
   first run works offline anywhere.
 - ``sample_video``: 33 short egogestar gesture clips shipped in the package
   (sslx/data/sample_video, re-encoded small), for quick video runs.
@@ -57,7 +57,8 @@ from sslx.data import base, video
 from sslx.data.base import TfdsSource  # noqa: F401  (sources.TfdsSource, as before)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
-SAMPLE_ARCHIVE = SAMPLE_DIR / "cifar10.zip"
+SAMPLE_ARCHIVES = tuple(SAMPLE_DIR / f"{name}.zip" for name in (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DATA_DIR_VARIABLE = "SSLX_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -144,26 +145,33 @@ class FolderSource:
 
 
 class ZipImageSource:
-  """Images stored in a zip archive as ``<split>/<class>/<image>``: the same classes, order and
-  records as a ``FolderSource`` of the unpacked folder (sorted class names, sorted file names),
-  with paths named ``<archive>/<member>``. The split's bytes are read once, at construction
-  (the shipped sample's are 2.8 MB), so records need no open archive and the source pickles."""
+  """Images stored in zip archives as ``<split>/<class>/<image>`` (one archive or several, e.g.
+  one per class): the same classes, order and records as a ``FolderSource`` of the unpacked
+  folder (sorted class names, sorted file names), with paths named ``<archive>/<member>``. The
+  split's bytes are read once, at construction (the shipped sample's are 2.8 MB), so records
+  need no open archive and the source pickles."""
 
-  def __init__(self, archive: str | os.PathLike, split: str):
-    archive = Path(archive)
-    if not archive.is_file():
-      raise FileNotFoundError(f"image archive {archive} does not exist: reinstall sslx, or rebuild it with "
-                              f"python -m sslx.data.make_image_sample")
-    with zipfile.ZipFile(archive) as z:
-      members = [n for n in z.namelist() if n.startswith(f"{split}/") and n.count("/") == 2
-                 and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
-      self.classes = sorted({n.split("/")[1] for n in members})
-      if not members:
-        raise ValueError(f"no images for split '{split}' in {archive}: expected {split}/<class>/<image> members")
-      ordered = sorted(members, key=lambda n: (self.classes.index(n.split("/")[1]), n.split("/")[2]))
-      self._bytes = [z.read(n) for n in ordered]
-    self.paths = [f"{archive}/{n}" for n in ordered]
-    self.labels = [self.classes.index(n.split("/")[1]) for n in ordered]
+  def __init__(self, archives: str | os.PathLike | list, split: str):
+    archives = [Path(a) for a in (archives if isinstance(archives, (list, tuple)) else [archives])]
+    for archive in archives:
+      if not archive.is_file():
+        raise FileNotFoundError(f"image archive {archive} does not exist: reinstall sslx, or rebuild it with "
+                                f"python -m sslx.data.make_image_sample")
+    found = {}  # (class, file name) -> (path, bytes)
+    for archive in archives:
+      with zipfile.ZipFile(archive) as z:
+        for n in z.namelist():
+          if n.startswith(f"{split}/") and n.count("/") == 2 and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS:
+            found[tuple(n.split("/")[1:])] = (f"{archive}/{n}", z.read(n))
+    if not found:
+      names = ", ".join(str(a) for a in archives)
+      raise ValueError(f"no images for split '{split}' in {names}: expected {split}/<class>/<image> members")
+    self.classes = sorted({name for name, _ in found})
+    ordered = sorted(found)  # By class, then file name.
+    self.paths = [found[key][0] for key in ordered]
+    self._bytes = [found[key][1] for key in ordered]
+    label_of = {name: i for i, name in enumerate(self.classes)}
+    self.labels = [label_of[name] for name, _ in ordered]
     self.num_classes = len(self.classes)
 
   def __len__(self):
@@ -222,7 +230,7 @@ def get_source(spec: str, split: str, data_dir: str | None = None, *, test_every
              for part in spec[len("mix:"):].split(",") if part]
     return MixedSource(parts, names=[p for p in spec[len("mix:"):].split(",") if p])
   if spec == "sample":
-    return ZipImageSource(SAMPLE_ARCHIVE, split)
+    return ZipImageSource(list(SAMPLE_ARCHIVES), split)
   if spec == "sample_video":
     return video.VideoFolderSource(video.SAMPLE_VIDEO_DIR, split, test_every=test_every)
   if spec == "sample_av":

@@ -171,7 +171,7 @@ def test_images_smaller_than_the_crop_are_upscaled_counted_and_named(tmp_path, c
   assert pre.upscaled_files == set(range(8)) and not pre.skipped_files
   named = [r for r in caplog.records if "smaller than the 40 px crop" in r.getMessage()]
   assert len(named) == pipeline.Preprocess.LOG_FIRST and all(r.levelno == logging.WARNING for r in named)
-  assert named[0].getMessage().startswith(f"Image {sources.SAMPLE_ARCHIVE}/train/") and "is 32x32" in named[0].getMessage()
+  assert named[0].getMessage().startswith(f"Image {sources.SAMPLE_DIR}/airplane.zip/train/") and "is 32x32" in named[0].getMessage()
   assert named[-1].getMessage().endswith("Further ones are only counted.")
   # Upscaling the config asks for (an explicit resize_size, e.g. jigsaw's CIFAR at 64 px) is
   # counted the same way but logged at INFO, not as a warning.

@@ -24,6 +24,7 @@ def test_sample_is_real_cifar_subset():
   image = image_ops.decode(train[0]["image"])
   assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and image.std() > 10
   assert np.bincount(train.labels).tolist() == [200] * 10 and np.bincount(test.labels).tolist() == [100] * 10
+  assert all(archive.stat().st_size < 2**20 for archive in sources.SAMPLE_ARCHIVES)  # No large file in the repo.
   assert not set(train.paths) & set(test.paths)
 
 
@@ -41,6 +42,13 @@ def test_zip_image_source_reads_as_the_unpacked_folder_does(tmp_path):
   assert packed.classes == unpacked.classes == ["airplane", "bird"] and packed.labels == unpacked.labels
   assert [packed[i]["image"] for i in range(6)] == [unpacked[i]["image"] for i in range(6)]
   assert packed[0]["path"] == f"{tmp_path / 'imgs.zip'}/train/airplane/0000.jpg"
+  for name in ("bird", "airplane"):  # One archive per class, as the shipped sample: the same records.
+    with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as z:
+      for path in sorted((tmp_path / "imgs" / "train" / name).glob("*.jpg")):
+        z.write(path, path.relative_to(tmp_path / "imgs").as_posix())
+  per_class = sources.ZipImageSource([tmp_path / "bird.zip", tmp_path / "airplane.zip"], "train")
+  assert per_class.labels == packed.labels and [per_class[i]["image"] for i in range(6)] == \
+      [packed[i]["image"] for i in range(6)]
   with pytest.raises(ValueError, match=r"^no images for split 'test' in .*imgs\.zip: expected test/<class>/<image>"):
     sources.ZipImageSource(tmp_path / "imgs.zip", "test")
   with pytest.raises(FileNotFoundError, match="rebuild it with python -m sslx.data.make_image_sample$"):
