@@ -39,7 +39,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -49,7 +48,6 @@ import input_pipeline  # noqa: E402
 import pipeline_rates  # noqa: E402
 import train_step_vs_torch as twins  # noqa: E402
 from sslx import configs, process
-from sslx.data import pipeline, sources
 
 # Dense peak TFLOP/s (no sparsity) by a substring of jax's device_kind: (float32 as XLA runs it, bfloat16).
 PEAK_TFLOPS = {
@@ -101,22 +99,12 @@ def time_steps(run, steps: int) -> float:
   return statistics.median(times)
 
 
-def matmul_tflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
-  dot = jax.jit(lambda x: x @ x)
-  dot(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    dot(a).block_until_ready()
-  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
-
-
 def peak_tflops(dtype: str) -> tuple[float, str]:
   kind = jax.devices()[0].device_kind
   for key, (fp32, bf16) in PEAK_TFLOPS.items():
     if key in kind:
       return (bf16 if dtype == "bfloat16" else fp32), f"{kind} dense peak"
-  return matmul_tflops(dtype), f"measured {dtype} 4096^2 matmul on {kind}"
+  return twins.matmul_flops_per_second(4096, dtype=dtype) / 1e12, f"measured {dtype} 4096^2 matmul on {kind}"
 
 
 def torch_device() -> str | None:

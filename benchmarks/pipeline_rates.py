@@ -4,8 +4,8 @@
         [--images 5000,1000] [--window 8]
     python benchmarks/pipeline_rates.py --quick   # The embedded sample, 32 and 64 px, 1 round.
 
-Files: at 32 px, the real CIFAR-10 JPEGs (the first ``--images`` of ``folder:cifar10``'s train
-split in the data directory, common.DATA_DIR; the embedded sample where that is absent) with the
+Files: at 32 px, the real CIFAR-10 JPEGs (``--images`` of ``folder:cifar10``'s train split, evenly
+spaced so every class is in, in the data directory, common.DATA_DIR; the embedded sample where that is absent) with the
 CIFAR configs' preprocessing (crop 32 after padding 4, flip). At 224 px, ImageNet-sized JPEGs
 made from the same CIFAR images: each upscaled (bicubic) to 500 x 375, ImageNet's typical size,
 and saved at JPEG quality 90 in a temporary folder, with ImageNet's preprocessing (shorter side
@@ -61,7 +61,7 @@ SETTINGS = {  # size -> (batch, Preprocess settings).
 
 
 def cifar_source(count: int):
-  """The first ``count`` CIFAR-10 train JPEGs (data directory, else the embedded sample)."""
+  """``count`` CIFAR-10 train JPEGs spread over the classes (data directory, else the embedded sample)."""
   try:
     source = sources.get_source("folder:cifar10", "train", str(common.DATA_DIR))
   except FileNotFoundError:
@@ -70,7 +70,7 @@ def cifar_source(count: int):
 
 
 class Subset:
-  """The first ``count`` records of a source, spread over its classes (every k-th)."""
+  """``count`` records of a source, evenly spaced over it (so over its class folders too)."""
 
   def __init__(self, source, count: int):
     self.source, self.positions = source, np.linspace(0, len(source) - 1, count).astype(int)

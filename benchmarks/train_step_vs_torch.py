@@ -259,9 +259,10 @@ def torch_video_step(model_name: str, config, clips: np.ndarray, *, channels_las
   return run
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+  """FLOP/s of a size x size matmul in ``dtype`` (median of ``repeats``), the MFU reference."""
   import jax.numpy as jnp
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
   dot = jax.jit(lambda x: x @ x)
   dot(a).block_until_ready()
   times = []

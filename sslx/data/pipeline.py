@@ -338,13 +338,16 @@ def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, 
 
   ``workers`` > 0 runs the reading and preprocessing in that many grain worker processes
   (each with ``num_threads`` reader threads), for sources whose decoding outruns the threads
-  of one Python process. Worker w makes batches w, w + workers, ... of the same stream (in
-  evaluation, examples) and grain hands them out in turn, so the order, the augmentation and the batches are those of
+  of one Python process (training only). Worker w makes batches w, w + workers, ... of the
+  same stream and grain hands them out in turn, so the order, the augmentation and the batches are those of
   ``workers=0`` (tested), and the iterator's state still restores exactly. Skipped and
   upscaled files are counted in this process, from what the workers report with each element.
   """
   if workers < 0:
     raise ValueError(f"data.workers is {workers}: set it to 0 (read in threads) or a number of processes")
+  if workers and not train:
+    raise ValueError(f"workers={workers}: worker processes make training batches; an evaluation pass reads "
+                     f"in threads (workers=0)")
   if workers and not hasattr(preprocess, "process"):
     raise ValueError(f"data.workers={workers}: worker processes run image preprocessing only for now, "
                      f"this dataset's is {type(preprocess).__name__}: set data.workers=0")
@@ -363,8 +366,6 @@ def make_dataset(source, preprocess: Preprocess, *, batch_size: int, seed: int, 
       ds = ds[:num_examples]
     ds = ds[process_index::process_count].map(work)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
-    if workers:
-      it = _in_workers(it, workers, prefetch)
     it = it.map(_Counted(preprocess) if counted else _first).filter(lambda record: record is not None)
     return it.batch(batch_size, drop_remainder=False)
   if indices is not None:

@@ -344,6 +344,9 @@ def test_workers_for_clips_or_below_zero_fail_in_one_line():
   with pytest.raises(ValueError, match=r"^data.workers is -1: set it to 0"):
     pipeline.make_dataset(IndexSource(4), pipeline.Preprocess(image_size=4), batch_size=2, seed=0,
                           train=True, workers=-1)
+  with pytest.raises(ValueError, match=r"^workers=2: worker processes make training batches"):
+    pipeline.make_dataset(IndexSource(4), pipeline.Preprocess(image_size=4), batch_size=2, seed=0,
+                          train=False, workers=2)
   clips = video.VideoPreprocess.__new__(video.VideoPreprocess)
   with pytest.raises(ValueError, match=r"^data.workers=2: worker processes run image preprocessing only for now, "
                                        r"this dataset's is VideoPreprocess: set data.workers=0$"):
