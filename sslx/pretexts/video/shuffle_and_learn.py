@@ -42,6 +42,17 @@ ECCV 2016; official code imisra/shuffle-tuple).
   flattened last block, the three frame features concatenated in shown order,
   then a binary classifier (paper: CaffeNet fc7 of each frame, 4096-d with
   BatchNorm in the official prototxt, concatenated, fc8 with 2 outputs).
+- ``fusion`` (default 0, the paper's head): a hidden layer (Dense, BatchNorm,
+  ReLU) of that width on the concatenated frame features before the classifier.
+  Our addition, for small networks and data: the paper's fc8 is linear on the
+  concatenation, so its score is a sum of one term per shown frame, and such a
+  sum cannot tell "between" from "outside" in general. For one clip whose
+  frames t = 0..4 change steadily, the positives (0, 1, 2) and (2, 3, 4) and the
+  negatives (0, 3, 2) and (2, 1, 4) need s(1) > s(3) from the first pair and
+  s(3) > s(1) from the second, where s is the middle frame's term. CaffeNet's
+  4096-d features from UCF101 find other cues; a small ConvNet on 99 gesture
+  clips stayed at chance on held-out clips (docs/results.md), so the egogestar
+  config sets ``fusion``.
 
 Inputs: ``{"image": (B * 3, H, W, 3)}``, each example's three frames adjacent in
 shown order; targets: ``{"label": (B,)}`` (1 ordered, 0 shuffled) and
@@ -70,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.reverse_negatives = True  # Also show negatives backwards (see the docstring).
   cfg.frame_features = "last_block"  # fc6's input: "last_block" (flattened, like pool5) or "pooled".
   cfg.fc6 = 256  # Per-frame hidden width (paper: fc6 and fc7 of 4096); 0: no hidden layer.
+  cfg.fusion = 0  # Hidden width on the concatenated frames (see the docstring); 0: the paper's linear fc8.
   return cfg
 
 
@@ -152,9 +164,11 @@ def make_inputs(rng, batch, cfg, *, state=None):
 
 
 class Head(nn.Module):
-  """Per-frame fc6 (shared), the three frames concatenated in shown order, binary classifier."""
+  """Per-frame fc6 (shared), the three frames concatenated in shown order, an optional fusion
+  layer, binary classifier."""
   frame_features: str
   fc6: int
+  fusion: int = 0
 
   @nn.compact
   def __call__(self, features, *, train: bool):
@@ -162,11 +176,13 @@ class Head(nn.Module):
     if self.fc6:
       x = layers.dense_bn_relu(x, self.fc6, name="fc6", train=train)
     x = x.reshape(-1, TUPLE * x.shape[-1])
+    if self.fusion:
+      x = layers.dense_bn_relu(x, self.fusion, name="fusion", train=train)
     return nn.Dense(2, name="classifier")(x)
 
 
 def head(cfg) -> nn.Module:
-  return Head(frame_features=cfg.frame_features, fc6=cfg.fc6)
+  return Head(frame_features=cfg.frame_features, fc6=cfg.fc6, fusion=cfg.get("fusion", 0))
 
 
 def loss(outputs, targets, *, cfg):

@@ -111,7 +111,10 @@ def test_head_regroups_three_frames():
   assert outputs.shape == (5, 2)
   # fc6 is shared by the three frames; the classifier sees them concatenated.
   head = variables["params"]["head"]
-  assert head["classifier"]["kernel"].shape == (3 * 8, 2)
+  assert head["classifier"]["kernel"].shape == (3 * 8, 2) and "fusion" not in head  # The paper's fc8.
+  fused = jax.eval_shape(lambda: steps.build(sal, small_cfg(fc6=8, fusion=4)).init(
+      jax.random.PRNGKey(0), inputs, train=False))["params"]["head"]
+  assert fused["fusion"]["kernel"].shape == (3 * 8, 4) and fused["classifier"]["kernel"].shape == (4, 2)
 
 
 def test_loss_decreases():
