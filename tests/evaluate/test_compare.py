@@ -27,6 +27,10 @@ EXAMPLES = {
              "random_init": {"exact": 0.03, "within_1": 0.11, "mean_abs_error_frames": 8.1, "predicted": [1, 2]}},
     "correspondence": {"pretrained": {"accuracy": 0.56, "video_to_audio": {"1": 0.03, "5": 0.12}},
                        "random_init": {"accuracy": 0.5, "video_to_audio": {"1": 0.01, "5": 0.03}}},
+    "pretext": {"pretrained": {"accuracy": 0.75, "balanced_accuracy": 0.56, "majority_share": 0.76,
+                               "label_shares": [0.76, 0.24], "loss": 0.51},
+                "random_init": {"accuracy": 0.36, "balanced_accuracy": 0.5, "majority_share": 0.76,
+                                "label_shares": [0.76, 0.24], "loss": 0.69}, "num_classes": 2},
     "localization": {"pretrained": {"peak_in_box": 0.0, "mass_in_box": 0.1},
                      "random_init": {"peak_in_box": 0.0, "mass_in_box": 0.07}},
     "propagate": {"sequences": {"dog": {"pretrained": {"J": 0.6}}},
@@ -60,7 +64,8 @@ def test_each_evaluation_gives_rows_with_its_random_init(stem):
               "retrieval": {("top-1", "block1"), ("top-5", "block1")},
               "sync": {("exact", ""), ("within_1", ""), ("mean_abs_error_frames", "")},
               "correspondence": {("accuracy", ""), ("video_to_audio@1", ""), ("video_to_audio@5", "")},
-              "propagate": {("J", ""), ("F", ""), ("J&F", "")}}
+              "propagate": {("J", ""), ("F", ""), ("J&F", "")},
+              "pretext": {("accuracy", ""), ("balanced_accuracy", ""), ("majority_share", ""), ("loss", "")}}
   if stem in expected:
     assert metrics == expected[stem]
 
