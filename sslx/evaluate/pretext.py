@@ -30,13 +30,14 @@ import numpy as np
 from absl import flags
 
 from sslx import checkpoints, run
-from sslx.data import pipeline, sources
+from sslx.data import sources
 from sslx.evaluate import common
 
 
 def held_out_batches(config, source, *, draws: int, seed: int, batch_size: int):
   """Training-time draws of every example of ``source``, ``draws`` each from seeds ``(seed, index,
-  draw)``: lists of host batches {media, "index", "label"} and the number of examples skipped."""
+  draw)``: lists of host batches {media, "index", "label"} and the number of draws skipped (a clip
+  that cannot be read, or is shorter than the window, counts once per draw)."""
   preprocess = run.make_preprocess(config, source, train=True)
   key = run.media_key(config)
   records = []
@@ -99,8 +100,8 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   batches, skipped = held_out_batches(config, source, draws=draws, seed=seed,
                                       batch_size=config.evaluate.batch_size)
   if not batches:
-    raise ValueError(f"no usable example in {dataset} split {split!r} ({skipped} skipped as unreadable or "
-                     f"too short): pass --dataset with clips long enough for the run's window")
+    raise ValueError(f"no usable example in {dataset} split {split!r} ({skipped} draws skipped as unreadable "
+                     f"or too short): pass --dataset with clips long enough for the run's window")
   tx, _ = run.make_optimizer(config.optimizer, config.total_steps)
   fresh = run.jit_once(run.train_state_init_fn(config, model, pretext, tx))(jax.random.PRNGKey(seed + 1))
   answer = make_answer_fn(config, model, pretext)
@@ -129,7 +130,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
 def title(results: dict) -> str:
   return (f"Pretext task ({results['pretext']}) on {results['dataset']} split {results['split']!r}, checkpoint "
           f"step {results['checkpoint_step']}: {results['examples']} examples ({results['draws']} draws of each "
-          f"of {results['sources']} sources, {results['skipped']} skipped)")
+          f"of {results['sources']} sources, {results['skipped']} draws skipped)")
 
 
 def markdown_table(results: dict) -> str:

@@ -26,7 +26,7 @@ def test_pretext_accuracy_on_held_out_clips(trained_video_workdir):
   results = pretext_eval.evaluate(workdir, draws=2)
   # The embedded sample's test split: every 4th clip, each drawn twice as training draws it.
   assert results["split"] == "test" and results["num_classes"] == 12  # OPN: 4! / 2 orders.
-  assert results["examples"] == 2 * (results["sources"]) - 2 * results["skipped"]
+  assert results["examples"] == 2 * results["sources"] - results["skipped"]  # Skips count per draw.
   assert results["chance_balanced_accuracy"] == pytest.approx(1 / 12)
   for name in ("pretrained", "random_init"):
     row = results[name]
