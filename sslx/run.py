@@ -200,19 +200,24 @@ def standardize_inputs(inputs, mean, std):
   return jax.tree_util.tree_map_with_path(visit, inputs)
 
 
+def pretext_inputs(config, pretext, rng, batch, pretext_state, **extra):
+  """A uint8 host batch -> (the network's inputs, the pretext's targets), as the training step
+  makes them (and sslx-pretext scores them): the pretext sees RGB in [0, 1] (colour ops need
+  it), the network its outputs standardised with the dataset's statistics, as evaluation does.
+  ``extra`` fields join the batch (the training step's ``step``, for a curriculum)."""
+  key = media_key(config)
+  media = batch[key].astype(jnp.float32) / 255.0
+  inputs, targets = pretext.make_inputs(rng, dict(batch, **{key: media}, **extra), config.pretext,
+                                        state=pretext_state if pretext.stateful else None)
+  return standardize_inputs(inputs, tuple(config.normalize.mean), tuple(config.normalize.std)), targets
+
+
 def make_train_step(config, model, pretext, tx, schedule):
-  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    # Pretexts see RGB in [0, 1] (colour ops need it); the network sees their
-    # outputs standardised with the dataset's statistics, as evaluation does.
-    key = media_key(config)
-    media = batch[key].astype(jnp.float32) / 255.0
     # ``step``: the training step, for pretexts with a curriculum (absent outside training).
-    inputs, targets = pretext.make_inputs(rng, dict(batch, **{key: media}, step=state.step), config.pretext,
-                                          state=state.pretext_state if pretext.stateful else None)
-    inputs = standardize_inputs(inputs, mean, std)
+    inputs, targets = pretext_inputs(config, pretext, rng, batch, state.pretext_state, step=state.step)
 
     def loss_fn(params):
       (outputs, _), updates = model.apply({"params": params, "batch_stats": state.batch_stats},

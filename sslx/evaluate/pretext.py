@@ -56,15 +56,11 @@ def held_out_batches(config, source, *, draws: int, seed: int, batch_size: int):
 
 def make_answer_fn(config, model, pretext):
   """(variables, pretext state, host batch, key) -> (logits, labels, loss): the pretext's inputs and
-  targets made as the training step makes them, the network in inference mode."""
-  mean, std = tuple(config.normalize.mean), tuple(config.normalize.std)
-  key_name = run.media_key(config)
+  targets made as the training step makes them (run.pretext_inputs), the network in inference mode."""
 
   def answer(variables, pretext_state, batch, rng):
-    media = batch[key_name].astype(jnp.float32) / 255.0
-    inputs, targets = pretext.make_inputs(rng, dict(batch, **{key_name: media}), config.pretext,
-                                          state=pretext_state if pretext.stateful else None)
-    outputs, _ = model.apply(variables, run.standardize_inputs(inputs, mean, std), train=False)
+    inputs, targets = run.pretext_inputs(config, pretext, rng, batch, pretext_state)
+    outputs, _ = model.apply(variables, inputs, train=False)
     if not (isinstance(outputs, jax.Array) and outputs.ndim == 2 and "label" in targets):
       raise ValueError(f"sslx-pretext scores classification pretexts (logits and a 'label' target); "
                        f"{config.pretext.name} gives {jax.tree.map(jnp.shape, outputs)}: use its own "
@@ -97,6 +93,12 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   source = sources.from_config(config, split, dataset=dataset, data_dir=data_dir)
   pretext, model = run.build_model(config)
   pretext.validate(config)
+  answer = make_answer_fn(config, model, pretext)
+  # Shapes only, before any clip is decoded: a pretext without logits and labels fails in one line now.
+  example = {k: jax.ShapeDtypeStruct(v.shape, jnp.uint8 if k == run.media_key(config) else v.dtype)
+             for k, v in run.example_batch(config).items() if k in ("video", "image", "index", "label")}
+  jax.eval_shape(answer, {"params": loaded.state.params, "batch_stats": loaded.state.batch_stats},
+                 loaded.state.pretext_state, example, jax.random.PRNGKey(0))
   batches, skipped = held_out_batches(config, source, draws=draws, seed=seed,
                                       batch_size=config.evaluate.batch_size)
   if not batches:
@@ -104,7 +106,6 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
                      f"or too short): pass --dataset with clips long enough for the run's window")
   tx, _ = run.make_optimizer(config.optimizer, config.total_steps)
   fresh = run.jit_once(run.train_state_init_fn(config, model, pretext, tx))(jax.random.PRNGKey(seed + 1))
-  answer = make_answer_fn(config, model, pretext)
   networks = {"pretrained": loaded.state, "random_init": fresh}
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
              "split": split, "pretext": config.pretext.name, "draws": draws, "seed": seed,
