@@ -160,6 +160,11 @@ def base_video() -> ml_collections.ConfigDict:
   # Frames per evaluated clip; None: video.num_frames. A tuple pretext's window can be longer
   # than the clips its backbone saw (VCOP: 3 clips of 16 frames, 8 apart, in a 64-frame window).
   c.evaluate.num_frames = ml_collections.config_dict.placeholder(int)
+  # True: one clip per video, its evaluate.num_frames (else video.num_frames) frames spread over the
+  # whole video, one per equal stretch (TSN's test-time sampling), in place of num_clips windows of
+  # consecutive frames: the probe sees the whole gesture, as the flow reference in docs/results.md
+  # does. Frames repeat in a video shorter than that, so none is skipped.
+  c.evaluate.whole_clip = False
   c.evaluate.retrieval_k = (1, 5, 10, 20, 50)
   # The evaluation's labels (probes, retrieval, fine-tuning's test): None keeps label_file /
   # label_column, each on its own (evaluate.label_column=color reads the same file's colours);

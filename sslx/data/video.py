@@ -368,6 +368,12 @@ def window_starts(num_frames: int, span: int, scores: np.ndarray | None, quantil
   return np.flatnonzero(means >= np.quantile(means, quantile) - 1e-9)
 
 
+def spread_indices(length: int, count: int) -> np.ndarray:
+  """``count`` frame indices spread over a clip of ``length`` frames: the middle frame of each of
+  ``count`` equal stretches (frames repeat when ``length < count``)."""
+  return np.floor((np.arange(count) + 0.5) * length / count).astype(np.int64)
+
+
 def uniform_starts(num_frames: int, span: int, count: int) -> np.ndarray:
   """``count`` window starts spread evenly over the clip (the test-time multi-clip protocol)."""
   last = max(num_frames - span, 0)
@@ -432,7 +438,12 @@ class VideoPreprocess:
   among the high-motion windows (``sampling="motion"``) or all windows
   (``"random"``); one random crop and one flip for all its frames.
   Evaluation (``train=False``): ``num_clips`` windows spread evenly over the
-  clip, centre crops; ``num_clips > 1`` gives ``(num_clips, T, S, S, 3)``.
+  clip, centre crops; ``num_clips > 1`` gives ``(num_clips, T, S, S, 3)``. With
+  ``whole_clip`` (evaluation, one clip, no audio), the ``num_frames`` frames are
+  instead spread over the whole clip, one in the middle of each of ``num_frames``
+  equal stretches (``spread_indices``, TSN's test-time sampling; ``frame_stride``
+  is not used), so a clip shorter than ``num_frames`` repeats frames instead of
+  being skipped.
 
   ``region`` (top, left, height, width, fractions of the frame) keeps only that box of every
   decoded frame, before resizing: a fixed region of interest, such as the lower half of a
@@ -456,7 +467,7 @@ class VideoPreprocess:
                sampling: str = "motion", motion: str = "flow", motion_quantile: float = 0.5,
                num_clips: int = 1, cache_mb: float = 1024, audio_rate: int | None = None,
                audio_margin: float = 0.0, region: tuple[float, float, float, float] | None = None,
-               motion_masks: bool = False):
+               motion_masks: bool = False, whole_clip: bool = False):
     check_region(region)
     self.region = tuple(region) if region is not None else None
     if audio_rate is not None and audio_rate <= 0:
@@ -467,6 +478,10 @@ class VideoPreprocess:
       raise ValueError(f"unknown video.sampling {sampling!r}: use 'motion' or 'random'")
     if motion not in ("flow", "diff"):
       raise ValueError(f"unknown video.motion {motion!r}: use 'flow' (Farneback) or 'diff'")
+    if whole_clip and (train or num_clips != 1 or audio_rate):
+      raise ValueError("evaluate.whole_clip spreads one clip's frames over a whole video for evaluation, "
+                       f"without sound (got train={train}, num_clips={num_clips}, audio_rate={audio_rate}): "
+                       "set --config.evaluate.whole_clip=False")
     self.fps, self.num_frames, self.frame_stride = fps, num_frames, frame_stride
     self.span = (num_frames - 1) * frame_stride + 1
     self.image_size = image_size
@@ -474,6 +489,7 @@ class VideoPreprocess:
     self.flip, self.train = flip, train
     self.sampling, self.motion, self.motion_quantile = sampling, motion, motion_quantile
     self.num_clips = num_clips
+    self.whole_clip = whole_clip
     self.motion_masks = motion_masks
     self.cache = FrameCache(int(cache_mb * 2**20)) if cache_mb else None
     self.audio_rate, self.audio_margin = audio_rate, audio_margin
@@ -617,6 +633,12 @@ class VideoPreprocess:
         self._count(*whole, path)
         return None
       frames, scores = whole.frames, whole.scores
+      if self.whole_clip:
+        take = spread_indices(len(frames), self.num_frames)
+        clip = frames[take]
+        if whole.motion is not None:
+          clip = np.concatenate([clip, whole.motion[take, ..., None]], axis=-1)
+        return self._deliver(clip, record, rng, sound)
       if len(frames) < self.span:
         self._count(*self._short(len(frames)), path)
         return None
@@ -646,6 +668,10 @@ class VideoPreprocess:
       if self.audio_rate:
         sounds = [whole.audio[offsets[s]:offsets[s] + self.audio_length] for s in starts]
         sound = sounds[0] if single else np.stack(sounds)
+    return self._deliver(clip, record, rng, sound)
+
+  def _deliver(self, clip: np.ndarray, record, rng, sound) -> dict:
+    """The chosen frames (with motion maps as a fourth channel) cropped, flipped and packed."""
     clip = self._crop_flip(clip, rng)
     out = {"video": clip[..., :3], "label": np.int32(record["label"]), "index": np.int32(record.get("index", -1))}
     if self.motion_masks:
@@ -669,7 +695,8 @@ def preprocess_from_config(config, *, train: bool, num_clips: int = 1) -> VideoP
                          motion_quantile=v.motion_quantile, num_clips=num_clips, cache_mb=v.cache_mb,
                          audio_rate=a.sample_rate if a is not None else None,
                          audio_margin=a.get("margin_seconds", 0.0) if a is not None else 0.0,
-                         region=v.get("region"), motion_masks=bool(v.get("motion_masks", False)))
+                         region=v.get("region"), motion_masks=bool(v.get("motion_masks", False)),
+                         whole_clip=not train and bool(config.get("evaluate", {}).get("whole_clip", False)))
 
 
 def check_lengths(source, *, fps: float, span: int) -> dict:

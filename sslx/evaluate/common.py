@@ -34,12 +34,20 @@ from sslx.pretexts.audiovisual import correspondence
 STREAMS = ("visual", "audio")  # What of a run the probes read: its backbone, or its audio tower.
 
 
+# Evaluation fields added to base_video() after runs were saved: a stored config without one reads
+# as this default, and takes its --config.evaluate.* override.
+VIDEO_EVALUATE_ADDED = {"whole_clip": False}
+
+
 def for_evaluation(config, *, temporal_segments: int | None = None):
   """The run's config as evaluation uses it: clips of ``evaluate.num_frames`` frames when set,
-  and ``temporal_segments`` (video clip features) when given."""
+  one clip per video with ``evaluate.whole_clip``, and ``temporal_segments`` (video clip
+  features) when given."""
   config = ml_collections.ConfigDict(config.to_dict())
   if config.get("video") is not None and config.evaluate.get("num_frames"):
     config.video.num_frames = config.evaluate.num_frames
+  if config.get("video") is not None and config.evaluate.get("whole_clip", False):
+    config.evaluate.num_clips = 1
   if temporal_segments is not None:
     if temporal_segments < 1:
       raise ValueError(f"temporal_segments must be >= 1 (1: mean over time), got {temporal_segments}")
@@ -284,6 +292,10 @@ def load_for_evaluation(workdir: str, script: str, *, overrides: dict[str, str] 
   ``--config.*`` overrides applied (``script`` names the command in their errors), then
   ``for_evaluation``."""
   loaded = checkpoints.load_run(workdir)
+  if loaded.config.get("video") is not None:
+    for name, default in VIDEO_EVALUATE_ADDED.items():
+      if name not in loaded.config.evaluate:
+        loaded.config.evaluate[name] = default
   loaded.config = for_evaluation(apply_overrides(loaded.config, overrides or {}, script),
                                  temporal_segments=temporal_segments)
   return loaded
@@ -357,6 +369,13 @@ def av_windows(source, config, *, batch_size: int):
 
 
 # --- The scripts' shared plumbing. ------------------------------------------------------------
+
+
+def results_stem(stem: str, config) -> str:
+  """``stem``, or ``stem-whole`` for video probed on whole clips (``evaluate.whole_clip``), so that
+  one checkpoint's results under both protocols sit side by side."""
+  whole = config.get("video") is not None and config.evaluate.get("whole_clip", False)
+  return f"{stem}-whole" if whole else stem
 
 
 def write_results(workdir: str, stem: str, results: dict, *, title: str, table: str) -> dict:

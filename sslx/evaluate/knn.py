@@ -171,7 +171,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
                                 "pretrained": first["pretrained"], "random_init": first["random_init"],
                                 "by_k": by_k}
   return common.write_results(
-      workdir, "knn", results, table=markdown_table(results),
+      workdir, common.results_stem("knn", loaded.config), results, table=markdown_table(results),
       title=f"Weighted kNN (T = {temperature:g}), {dataset}, checkpoint step {loaded.step}, "
             f"{len(train_y)} train / {len(test_y)} test")
 

@@ -164,7 +164,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
   what = "Linear probe" if stream == "visual" else f"Linear probe of the {stream} tower"
   column = f" ({labels['column']} from {os.path.basename(labels['file'])})" if labels["file"] else ""
   return common.write_results(
-      workdir, stem, results, table=markdown_table(results),
+      workdir, common.results_stem(stem, loaded.config), results, table=markdown_table(results),
       title=f"{what}, {dataset}{column}, checkpoint step {loaded.step}, {len(train_y)} train / "
             f"{len(test_y)} test {_unit(loaded.config)}")
 

@@ -154,7 +154,7 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
              "seeds": int(seeds), "min_steps": int(min_steps), "protocol": dict(cfg),
              "settings": settings, "skipped_settings": skipped_settings}
   return common.write_results(
-      workdir, "lowshot", results, table=markdown_table(results),
+      workdir, common.results_stem("lowshot", loaded.config), results, table=markdown_table(results),
       title=f"Low-shot linear probes, {dataset}, checkpoint step {loaded.step}: mean ± std over {seeds} "
             f"draws, {len(test_y)} test examples")
 

@@ -52,14 +52,15 @@ def evaluate(workdir: str, *, dataset: str | None = None, data_dir: str | None =
       loaded, dataset=dataset, data_dir=data_dir, purpose="retrieval")
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": loaded.step, "dataset": dataset,
              "gallery": int(len(gallery_y)), "queries": int(len(query_y)), "skipped": skipped,
-             "k": list(ks), "num_clips": cfg.get("num_clips", 1), "blocks": {}}
+             "k": list(ks), "num_clips": cfg.get("num_clips", 1),
+             "whole_clip": bool(cfg.get("whole_clip", False)), "blocks": {}}
   for block in gallery["pretrained"]:
     results["blocks"][block] = {
         name: {str(k): v for k, v in top_k_hits(query[name][block], query_y, gallery[name][block],
                                                 gallery_y, ks).items()}
         for name in ("pretrained", "random_init")}
   return common.write_results(
-      workdir, "retrieval", results, table=markdown_table(results),
+      workdir, common.results_stem("retrieval", loaded.config), results, table=markdown_table(results),
       title=f"Retrieval, {dataset}, checkpoint step {loaded.step}: {len(query_y)} test queries, "
             f"{len(gallery_y)} training videos in the gallery")
 

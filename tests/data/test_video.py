@@ -167,6 +167,24 @@ def test_evaluation_gives_evenly_spread_clips_and_centre_crops(tmp_path):
   np.testing.assert_array_equal(frame_numbers(out[:, 0]), [0, 9, 18, 27, 36])
 
 
+def test_whole_clip_spreads_the_frames_over_the_whole_video_and_keeps_short_ones(tmp_path):
+  long = write_clip(tmp_path / "long.mp4", fps=10, num_frames=40, size=(32, 48))
+  short = write_clip(tmp_path / "short.mp4", fps=10, num_frames=3, size=(32, 48))
+  preprocess = make_preprocess(train=False, flip=False, num_frames=8, frame_stride=3, whole_clip=True)
+  out = preprocess({"video": long, "label": 1}, None)["video"]
+  assert out.shape == (8, 32, 32, 3)
+  # The middle frame of each of 8 stretches of 5 frames; frame_stride plays no part.
+  np.testing.assert_array_equal(frame_numbers(out), [2, 7, 12, 17, 22, 27, 32, 37])
+  # 3 frames for 8 slots: repeated in order, where a window of 22 frames would skip the clip.
+  np.testing.assert_array_equal(frame_numbers(preprocess({"video": short, "label": 1}, None)["video"]),
+                                [0, 0, 0, 1, 1, 2, 2, 2])  # floor((i + 0.5) * 3 / 8).
+  assert preprocess.skipped == 0
+  np.testing.assert_array_equal(video.spread_indices(10, 5), [1, 3, 5, 7, 9])
+  for bad in (dict(train=True), dict(train=False, num_clips=2), dict(train=False, audio_rate=16000)):
+    with pytest.raises(ValueError, match="--config.evaluate.whole_clip=False"):
+      make_preprocess(**dict(dict(num_frames=8, whole_clip=True), **bad))
+
+
 @requires_data("egogestar")
 def test_folder_without_splits_is_split_by_clip_deterministically():
   train = video.VideoFolderSource(EGOGESTAR, "train")

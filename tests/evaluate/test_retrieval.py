@@ -29,6 +29,24 @@ def test_video_linear_probe_and_retrieval_read_the_checkpoint(trained_video_work
   assert set(probe["blocks"]) == {"block1", "block2", "block3"}
 
 
+def test_whole_clip_probe_reads_one_clip_per_video_also_of_a_run_saved_before_the_field(
+    trained_video_workdir, monkeypatch):
+  from sslx.evaluate import common
+  workdir, _, _ = trained_video_workdir
+  load_run = common.checkpoints.load_run
+
+  def saved_before_whole_clip(*args, **kwargs):
+    loaded = load_run(*args, **kwargs)
+    del loaded.config.evaluate["whole_clip"]
+    return loaded
+
+  monkeypatch.setattr(common.checkpoints, "load_run", saved_before_whole_clip)
+  results = retrieval.evaluate(workdir, overrides={"evaluate.whole_clip": "True"})
+  assert results["whole_clip"] and results["num_clips"] == 1
+  assert results["queries"] == 11 and results["gallery"] == 22 and results["skipped"] == 0
+  assert results["written_to"].endswith("retrieval-whole.json")  # Beside the windowed protocol's.
+
+
 def test_temporal_segments_keep_the_order_a_mean_discards():
   import jax.numpy as jnp
   from sslx.evaluate import common
@@ -47,5 +65,7 @@ def test_evaluation_config_overrides():
   evaluated = common.for_evaluation(c, temporal_segments=2)
   assert evaluated.video.num_frames == 4 and evaluated.evaluate.temporal_segments == 2
   assert c.video.num_frames == 8  # The run's own config is left alone.
+  c.evaluate.whole_clip = True
+  assert common.for_evaluation(c).evaluate.num_clips == 1 and c.evaluate.num_clips == 10
   with pytest.raises(ValueError, match="temporal_segments must be >= 1"):
     common.for_evaluation(c, temporal_segments=0)
