@@ -437,9 +437,10 @@ def backbone_input_fn(config):
 
 
 def clip_input_fn(config):
-  """None, or uint8-range clips ``(N, T, H, W, 3)`` -> the frames a 2D backbone saw in training,
+  """None, or uint8-range clips ``(N, T, H, W, 3)`` -> what the backbone saw in training,
   ``(N, T', H, W, 3)`` in the uint8 range, from the pretext's ``clip_input(clips, cfg)`` for
-  clips in [0, 1] (O3N: dynamic images of consecutive frames, not single frames)."""
+  clips in [0, 1] (O3N: dynamic images of consecutive frames, not single frames; the arrow of
+  time: frame differences)."""
   pretext_cfg = config.get("pretext")
   custom = pretexts.get(pretext_cfg.name).clip_input if pretext_cfg else None
   if custom is None:
@@ -449,18 +450,19 @@ def clip_input_fn(config):
 
 def prepare_fn(config, backbone):
   """Raw uint8 media -> the backbone's input, as in training: images ``(N, H, W, 3)`` ->
-  ``(N, H, W, C)``; clips ``(N, T, H, W, 3)`` -> the same for a 3D backbone, or for a
-  per-frame 2D backbone its frames ``(N * T', H, W, C)`` (after the pretext's ``clip_input``)."""
+  ``(N, H, W, C)``; clips ``(N, T, H, W, 3)`` -> after the pretext's ``clip_input``, the clips
+  ``(N, T', H, W, C)`` for a 3D backbone, or their frames ``(N * T', H, W, C)`` for a per-frame 2D
+  backbone."""
   to_input, clip_fn = backbone_input_fn(config), clip_input_fn(config)
   is_video, three_d = media_key(config) == "video", takes_video(backbone)
 
   def prepare(media):
     media = jnp.asarray(media)
-    if not is_video or three_d:
+    if not is_video:
       return to_input(media)
     if clip_fn is not None:
       media = clip_fn(media)
-    return to_input(media.reshape((-1,) + media.shape[-3:]))
+    return to_input(media if three_d else media.reshape((-1,) + media.shape[-3:]))
 
   return prepare
 

@@ -145,8 +145,8 @@ def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1
   backbone's T' steps), or with ``segments`` s > 1 over s consecutive stretches
   of it, concatenated in order (TSN-style; each stretch gets max_features / s
   dims), which keeps the coarse order of events that mean pooling discards;
-  then averaged over the K clips. ``clip_fn`` (``clip_input_fn``) first turns a 2D
-  backbone's clips into the frames it was trained on.
+  then averaged over the K clips. ``clip_fn`` (``clip_input_fn``) first turns the clips into
+  what the backbone was trained on (a 2D backbone's frames, a 3D backbone's clips).
   """
   three_d = run.takes_video(backbone)
   per_segment = max(1, max_features // segments)
@@ -155,7 +155,7 @@ def video_feature_fn(backbone, to_input, max_features: int, *, segments: int = 1
   def features(variables, clips):
     batch = clips.shape[0]
     x = clips.reshape((-1,) + clips.shape[-4:])  # (B * K, T, H, W, 3)
-    if clip_fn is not None and not three_d:
+    if clip_fn is not None:
       x = clip_fn(x)
     frame_shape = x.shape[1:]
     x = x if three_d else x.reshape((-1,) + frame_shape[1:])

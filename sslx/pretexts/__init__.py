@@ -32,8 +32,9 @@ Optional names (the default when absent):
 - ``backbone_input(images, cfg)``: what the backbone sees for images in [0, 1] when it is not
   the standardised RGB (colorization's L channel, DeepCluster's Sobel maps); the evaluation
   scripts and ``load_backbone`` use it (standardised RGB).
-- ``clip_input(clips, cfg)``: clips in [0, 1] -> the frames a per-frame 2D backbone saw in
-  training, in [0, 1] (O3N's dynamic images) (the frames themselves).
+- ``clip_input(clips, cfg)``: clips in [0, 1] -> what the backbone saw in training, in [0, 1]:
+  a per-frame 2D backbone's frames (O3N's dynamic images), a 3D backbone's clips (the arrow of
+  time's frame differences) (the frames themselves).
 - ``pictures(predict, images, *, rng, cfg, state=None, train_images=None)``: named uint8
   images for ``sslx-pictures`` (none); ``state`` is the run's pretext state (or None) and
   ``train_images(indices)`` the training images at those indices, in [0, 1] (DeepCluster shows

@@ -12,7 +12,8 @@ before it, softmax cross-entropy on the labeled split. A 3D backbone sees the cl
 per-frame 2D backbone's pooled features are averaged over the clip's frames. The backbone
 is fed what it saw in pretraining: ``cfg.input_pretext`` names the pretraining pretext
 (with its settings in ``cfg.input_cfg``) whose ``backbone_input`` (colorization's L
-channel, DeepCluster's Sobel maps) and ``clip_input`` (O3N's dynamic images) apply here.
+channel, DeepCluster's Sobel maps) and ``clip_input`` (O3N's dynamic images, the arrow of
+time's frame differences) apply here.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def make_inputs(rng, batch, cfg, *, state=None):
 
   Images -> ``{"image": (B, H, W, 3)}`` (standardised by the trainer) or, when the
   pretraining pretext has a ``backbone_input``, ``{"input": ...}`` as it makes it. Clips ->
-  ``{"video": (B, T, H, W, 3)}``; with ``clip_input`` (a 2D backbone's frames) its frames.
+  ``{"video": (B, T, H, W, 3)}``; with ``clip_input``, what it makes of them.
   """
   del rng, state
   source = _input_pretext(cfg)

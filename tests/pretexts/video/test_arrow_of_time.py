@@ -46,13 +46,42 @@ def test_short_window_and_flow_are_one_line_errors():
   config.video.num_frames = 16
   arrow_of_time.validate(config)
   config.pretext.input = "flow"
-  with pytest.raises(ValueError, match=r"'flow' is not implemented.*input=rgb"):
+  with pytest.raises(ValueError, match=r"'flow' is not implemented.*input=rgb or --config.pretext.input=diff"):
     arrow_of_time.validate(config)
 
 
-def test_loss_decreases_r3d():
+def test_frame_differences_are_taken_after_the_reversal_and_match_evaluation():
   cfg = arrow_of_time.default_config()
-  cfg.clip_frames = 4
+  cfg.clip_frames, cfg.input = 4, "diff"
+  batch_size = 64
+  video = jax.random.uniform(jax.random.PRNGKey(3), (batch_size, 4, 2, 2, 3))
+  inputs, targets = arrow_of_time.make_inputs(jax.random.PRNGKey(0), {"video": video}, cfg)
+  assert inputs["video"].shape == (batch_size, 3, 2, 2, 3)
+  labels = np.asarray(targets["label"])
+  assert set(np.unique(labels)) == {0, 1}
+  shown = np.where(labels[:, None, None, None, None] == 1, np.asarray(video)[:, ::-1], np.asarray(video))
+  np.testing.assert_allclose(inputs["video"], (shown[:, 1:] - shown[:, :-1] + 1) / 2, atol=1e-6)
+  # Played backwards, every difference changes sign (about 0.5) and the order reverses.
+  forward = np.asarray(arrow_of_time.clip_input(video, cfg))
+  backward = np.asarray(arrow_of_time.clip_input(video[:, ::-1], cfg))
+  np.testing.assert_allclose(backward, 1 - forward[:, ::-1], atol=1e-6)
+  # Evaluation (run.prepare_fn) feeds a 3D backbone the same differences, standardised.
+  from sslx import configs, models, run
+  config = configs.base_video()
+  config.pretext = cfg
+  config.model = ml_collections.ConfigDict(TINY_R3D)
+  backbone = models.get_backbone(config.model)
+  uint8 = np.round(np.asarray(video) * 255).astype(np.uint8)
+  prepared = run.prepare_fn(config, backbone)(uint8)
+  expected = run.standardize_inputs({"video": arrow_of_time.clip_input(uint8 / 255.0, cfg)},
+                                    tuple(config.normalize.mean), tuple(config.normalize.std))["video"]
+  np.testing.assert_allclose(prepared, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("input_kind", ["rgb", "diff"])
+def test_loss_decreases_r3d(input_kind):
+  cfg = arrow_of_time.default_config()
+  cfg.clip_frames, cfg.input = 4, input_kind
   video = moving_squares(8, 6, 16, seed=2)
   values, metrics = steps.losses_over_steps(arrow_of_time, cfg, {"video": video},
                                             model_config=TINY_R3D)
