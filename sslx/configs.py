@@ -119,7 +119,9 @@ def base_video() -> ml_collections.ConfigDict:
       "fps": 10.0,
       "num_frames": 8,  # Frames delivered per clip (the pretext says how many it needs).
       "frame_stride": 1,  # In resampled frames.
-      "sampling": "motion",  # 'motion': among high-motion windows; 'random': any window.
+      # 'motion': among high-motion windows; 'random': any window; 'spread': one random frame in each
+      # of num_frames equal stretches of the whole clip (TSN), frame_stride unused.
+      "sampling": "motion",
       "motion": "flow",  # 'flow': mean Farneback magnitude; 'diff': mean frame difference.
       "motion_quantile": 0.5,  # Windows at or above this quantile of the clip's motion.
       # Per-pixel motion maps delivered with the frames as batch["motion"] (B, T, S, S) uint8, for

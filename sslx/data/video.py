@@ -17,6 +17,10 @@ Shuffles and pseudo-labels are made on the device by the pretext.
   from high-flow regions) or the mean absolute frame difference (cheaper); a
   training window is drawn uniformly among the windows whose mean score is at
   or above the ``motion_quantile`` of the clip's windows.
+- **Spread sampling** (``sampling="spread"``), for a task about the whole clip: one
+  random frame in each of ``num_frames`` equal stretches of it (TSN's sampling),
+  where a window covers only a part; evaluation's ``whole_clip`` takes the
+  middle frame of each stretch instead.
 - **Cache**: decoded, resized frames (and their motion scores) per clip, up to
   ``cache_mb`` per process, least recently used out first. With short clips
   decoded many times per run it turns decoding from the bottleneck into a
@@ -368,10 +372,12 @@ def window_starts(num_frames: int, span: int, scores: np.ndarray | None, quantil
   return np.flatnonzero(means >= np.quantile(means, quantile) - 1e-9)
 
 
-def spread_indices(length: int, count: int) -> np.ndarray:
-  """``count`` frame indices spread over a clip of ``length`` frames: the middle frame of each of
-  ``count`` equal stretches (frames repeat when ``length < count``)."""
-  return np.floor((np.arange(count) + 0.5) * length / count).astype(np.int64)
+def spread_indices(length: int, count: int, rng: np.random.Generator | None = None) -> np.ndarray:
+  """``count`` frame indices spread over a clip of ``length`` frames, one in each of ``count``
+  equal stretches: its middle frame, or with ``rng`` a uniformly random one (TSN's training
+  sampling). Frames repeat when ``length < count``."""
+  within = rng.random(count) if rng is not None else 0.5
+  return np.minimum(np.floor((np.arange(count) + within) * length / count), length - 1).astype(np.int64)
 
 
 def uniform_starts(num_frames: int, span: int, count: int) -> np.ndarray:
@@ -380,6 +386,9 @@ def uniform_starts(num_frames: int, span: int, count: int) -> np.ndarray:
   if count == 1:
     return np.asarray([last // 2])
   return np.round(np.linspace(0, last, count)).astype(np.int64)
+
+
+SAMPLINGS = ("motion", "random", "spread")  # Training's choice of frames (VideoPreprocess).
 
 
 class WholeClip(NamedTuple):
@@ -436,7 +445,10 @@ class VideoPreprocess:
 
   Training: a window of ``num_frames`` frames ``frame_stride`` apart, drawn
   among the high-motion windows (``sampling="motion"``) or all windows
-  (``"random"``); one random crop and one flip for all its frames.
+  (``"random"``), or (``"spread"``) ``num_frames`` frames spread over the whole
+  clip, a random one in each of ``num_frames`` equal stretches (Wang et al.'s
+  TSN sampling; ``frame_stride`` is not used, and a short clip repeats frames);
+  one random crop and one flip for all its frames.
   Evaluation (``train=False``): ``num_clips`` windows spread evenly over the
   clip, centre crops; ``num_clips > 1`` gives ``(num_clips, T, S, S, 3)``. With
   ``whole_clip`` (evaluation, one clip, no audio), the ``num_frames`` frames are
@@ -474,8 +486,11 @@ class VideoPreprocess:
       raise ValueError(f"audio sample rate is {audio_rate}: set audio.sample_rate to a positive rate in Hz")
     if audio_margin < 0:
       raise ValueError(f"audio margin is {audio_margin} s: set audio.margin_seconds to 0 or more")
-    if sampling not in ("motion", "random"):
-      raise ValueError(f"unknown video.sampling {sampling!r}: use 'motion' or 'random'")
+    if sampling not in SAMPLINGS:
+      raise ValueError(f"unknown video.sampling {sampling!r}: use 'motion', 'random' or 'spread'")
+    if train and sampling == "spread" and audio_rate:
+      raise ValueError("video.sampling='spread' spreads frames over a whole clip, which has no one window "
+                       "of sound: use --config.video.sampling=motion or random with audio")
     if motion not in ("flow", "diff"):
       raise ValueError(f"unknown video.motion {motion!r}: use 'flow' (Farneback) or 'diff'")
     if whole_clip and (train or num_clips != 1 or audio_rate):
@@ -483,7 +498,9 @@ class VideoPreprocess:
                        f"without sound (got train={train}, num_clips={num_clips}, audio_rate={audio_rate}): "
                        "set --config.evaluate.whole_clip=False")
     self.fps, self.num_frames, self.frame_stride = fps, num_frames, frame_stride
-    self.span = (num_frames - 1) * frame_stride + 1
+    # Consecutive frames a clip must hold: a window's, or one where frames are spread over it.
+    spread = whole_clip or (train and sampling == "spread")
+    self.span = 1 if spread else (num_frames - 1) * frame_stride + 1
     self.image_size = image_size
     self.resize_size = resize_size or image_size
     self.flip, self.train = flip, train
@@ -633,8 +650,8 @@ class VideoPreprocess:
         self._count(*whole, path)
         return None
       frames, scores = whole.frames, whole.scores
-      if self.whole_clip:
-        take = spread_indices(len(frames), self.num_frames)
+      if self.whole_clip or (self.train and self.sampling == "spread"):
+        take = spread_indices(len(frames), self.num_frames, rng if self.train else None)
         clip = frames[take]
         if whole.motion is not None:
           clip = np.concatenate([clip, whole.motion[take, ..., None]], axis=-1)

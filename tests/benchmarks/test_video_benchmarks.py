@@ -29,6 +29,32 @@ def test_flow_reference_features_of_real_clips():
   assert all((f[:, 2] >= np.abs(f[:, :2]).max(axis=1) - 1e-5).all() for f in flows)  # |mean| <= mean |.|
 
 
+def test_flow_reference_plays_clips_backwards(tmp_path):
+  from tests.data.test_video import write_clip
+  flow_reference = load_benchmark("video_flow_reference")
+  path = write_clip(tmp_path / "c.mp4", fps=10, num_frames=12, moving=True, size=(48, 96))
+  forward = flow_reference.pair_flows(path, fps=10.0)
+  backward = flow_reference.pair_flows(path, fps=10.0, reverse=True)
+  assert forward.shape == backward.shape == (11, 3)
+  # The square moves right 3 px a frame: played backwards, it moves left as fast.
+  assert forward[:, 0].mean() > 0.1 and backward[:, 0].mean() < -0.1
+  np.testing.assert_allclose(backward[:, 2].mean(), forward[:, 2].mean(), rtol=0.2)
+  index, similarity = flow_reference.nearest(np.array([[1.0, 0.1], [-1.0, 0.0]]),
+                                             np.array([[0.0, 1.0], [2.0, 0.0], [-1.0, -0.1]]))
+  np.testing.assert_array_equal(index, [1, 2])
+  assert np.all(similarity > 0.99)
+  # Forwards against backwards on features that carry the direction: separable.
+  rng = np.random.default_rng(0)
+  train, test = rng.normal(1.0, 0.3, (40, 3)), rng.normal(1.0, 0.3, (20, 3))
+  fits = flow_reference.forwards_or_backwards(train, -train, test, -test)
+  assert [fit["test_accuracy"] for fit in fits] == [1.0, 1.0]
+  # Windows: those at or above the median motion of their video, each (pairs, 3) flattened.
+  per_pair = np.zeros((6, 3), np.float32)
+  per_pair[:, 2] = [0, 1, 5, 5, 1, 0]
+  windows = flow_reference.high_motion_windows([per_pair, per_pair[:2]], pairs=3)
+  np.testing.assert_array_equal(windows[:, 2::3], [[1, 5, 5], [5, 5, 1]])
+
+
 def test_pretext_fit_memorises_fixed_pseudo_labels():
   fit_check = load_benchmark("video_pretext_fit")
   config = fit_check.load_config(str(REPO / "experiments" / "opn_convnet_egogestar.py"),

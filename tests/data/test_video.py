@@ -180,6 +180,17 @@ def test_whole_clip_spreads_the_frames_over_the_whole_video_and_keeps_short_ones
                                 [0, 0, 0, 1, 1, 2, 2, 2])  # floor((i + 0.5) * 3 / 8).
   assert preprocess.skipped == 0
   np.testing.assert_array_equal(video.spread_indices(10, 5), [1, 3, 5, 7, 9])
+  # Training's "spread" sampling: a random frame in each stretch, a fresh draw per call.
+  spread = make_preprocess(num_frames=8, frame_stride=3, sampling="spread", flip=False)
+  draws = [frame_numbers(spread({"video": long, "label": 1}, np.random.default_rng(seed))["video"])
+           for seed in range(60)]
+  for numbers in draws:
+    assert np.all(numbers // 5 == np.arange(8))  # Frame 5i..5i+4 for slot i: one per stretch.
+  assert len({tuple(d) for d in draws}) > 50
+  assert set(np.concatenate(draws)) == set(range(40))  # Every frame of a stretch can be drawn.
+  assert spread.span == 1 and spread({"video": short, "label": 1}, np.random.default_rng(0)) is not None
+  with pytest.raises(ValueError, match="sampling='spread'.*with audio"):
+    make_preprocess(sampling="spread", audio_rate=16000)
   for bad in (dict(train=True), dict(train=False, num_clips=2), dict(train=False, audio_rate=16000)):
     with pytest.raises(ValueError, match="--config.evaluate.whole_clip=False"):
       make_preprocess(**dict(dict(num_frames=8, whole_clip=True), **bad))
