@@ -12,7 +12,7 @@ on the pooled features. Two departures from the paper, both measured
   motion and hide the still appearance that a network memorises clip by clip.
 - The paper's clips are consecutive frames. In these clips the direction can be
   read mostly over the whole video: a linear classifier on coarse flow tells
-  forwards from backwards at 76-85% from whole videos and at 62% from the 8- or
+  forwards from backwards at 71-85% from whole videos and at 62% from the 8- or
   16-frame high-motion windows training used to draw
   (``benchmarks/video_flow_reference.py --reversed``). Most of it is how the
   clips were recorded (calm at the start, still moving at the end: the motion

@@ -2,9 +2,12 @@
 of Time", CVPR 2018).
 
 - Binary: is the clip playing forwards (label 0) or backwards (label 1)? A clip
-  of ``clip_frames`` consecutive frames starts at a uniformly random offset of
-  the delivered window and is reversed in time with probability 1/2, each
-  example on its own (a reversed clip is exactly ``clip[::-1]``).
+  of ``clip_frames`` frames, consecutive among those the host delivers, starts
+  at a uniformly random offset of them and is reversed in time with
+  probability 1/2, each example on its own (a reversed clip is exactly
+  ``clip[::-1]``). The delivered frames are a window of consecutive frames (as
+  in the paper) or, with ``video.sampling="spread"`` (the egogestar config),
+  spread over the whole video, where these clips hold most of their direction.
 - Here a 3D backbone sees the clip, pooled features -> Dense(2). Wei et al.'s
   model is different: T-CAM, a 2D VGG-16 trunk applied to short stacks of
   optical flow frames, the stacks' feature maps fused late and globally
