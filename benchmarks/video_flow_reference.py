@@ -130,9 +130,12 @@ def high_motion_windows(flows, pairs: int) -> np.ndarray:
 def arrow_of_time_table(flows: dict, segments_list) -> None:
   """Forwards or backwards from coarse flow: of whole videos (per stretch: all three numbers,
   the direction alone, the magnitude alone) and of the high-motion windows training draws."""
+  # Each video's (stretches, 3) means, once per stretch count: every row below slices them.
+  stretched = {segments: {k: np.stack([segment_means(f, segments).reshape(segments, 3) for f in v])
+                          for k, v in flows.items()} for segments in segments_list}
   print()
   for segments in segments_list:  # Where in a video the motion is, on average: forwards.
-    profile = np.mean([segment_means(f, segments).reshape(segments, 3)[:, 2] for f in flows["train"]], axis=0)
+    profile = stretched[segments]["train"][:, :, 2].mean(axis=0)
     print(f"Mean flow magnitude of the training videos over {segments} stretches, forwards (px): "
           f"{', '.join(f'{m:.2f}' for m in profile)}")
   print("\nForwards or backwards (chance 50%): a linear classifier on the training videos both ways, "
@@ -143,8 +146,7 @@ def arrow_of_time_table(flows: dict, segments_list) -> None:
   rows = []
   for segments in segments_list:
     for name, cols in columns.items():
-      feats = {k: np.stack([segment_means(f, segments).reshape(segments, 3)[:, cols].reshape(-1) for f in v])
-               for k, v in flows.items()}
+      feats = {k: v[:, :, cols].reshape(len(v), -1) for k, v in stretched[segments].items()}
       rows.append((f"whole video, {segments} stretches: {name}", feats))
   for frames in (8, 16):
     rows.append((f"high-motion windows of {frames} frames: dx, dy, magnitude per pair",

@@ -499,8 +499,8 @@ class VideoPreprocess:
                        "set --config.evaluate.whole_clip=False")
     self.fps, self.num_frames, self.frame_stride = fps, num_frames, frame_stride
     # Consecutive frames a clip must hold: a window's, or one where frames are spread over it.
-    spread = whole_clip or (train and sampling == "spread")
-    self.span = 1 if spread else (num_frames - 1) * frame_stride + 1
+    self.spread = whole_clip or (train and sampling == "spread")
+    self.span = 1 if self.spread else (num_frames - 1) * frame_stride + 1
     self.image_size = image_size
     self.resize_size = resize_size or image_size
     self.flip, self.train = flip, train
@@ -650,7 +650,7 @@ class VideoPreprocess:
         self._count(*whole, path)
         return None
       frames, scores = whole.frames, whole.scores
-      if self.whole_clip or (self.train and self.sampling == "spread"):
+      if self.spread:
         take = spread_indices(len(frames), self.num_frames, rng if self.train else None)
         clip = frames[take]
         if whole.motion is not None:

@@ -39,6 +39,11 @@ STREAMS = ("visual", "audio")  # What of a run the probes read: its backbone, or
 VIDEO_EVALUATE_ADDED = {"whole_clip": False}
 
 
+def probes_whole_clips(config) -> bool:
+  """Whether a video run is evaluated on one clip spread over each whole video."""
+  return config.get("video") is not None and bool(config.evaluate.get("whole_clip", False))
+
+
 def for_evaluation(config, *, temporal_segments: int | None = None):
   """The run's config as evaluation uses it: clips of ``evaluate.num_frames`` frames when set,
   one clip per video with ``evaluate.whole_clip``, and ``temporal_segments`` (video clip
@@ -46,7 +51,7 @@ def for_evaluation(config, *, temporal_segments: int | None = None):
   config = ml_collections.ConfigDict(config.to_dict())
   if config.get("video") is not None and config.evaluate.get("num_frames"):
     config.video.num_frames = config.evaluate.num_frames
-  if config.get("video") is not None and config.evaluate.get("whole_clip", False):
+  if probes_whole_clips(config):
     config.evaluate.num_clips = 1
   if temporal_segments is not None:
     if temporal_segments < 1:
@@ -374,8 +379,7 @@ def av_windows(source, config, *, batch_size: int):
 def results_stem(stem: str, config) -> str:
   """``stem``, or ``stem-whole`` for video probed on whole clips (``evaluate.whole_clip``), so that
   one checkpoint's results under both protocols sit side by side."""
-  whole = config.get("video") is not None and config.evaluate.get("whole_clip", False)
-  return f"{stem}-whole" if whole else stem
+  return f"{stem}-whole" if probes_whole_clips(config) else stem
 
 
 def write_results(workdir: str, stem: str, results: dict, *, title: str, table: str) -> dict:
